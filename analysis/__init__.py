@@ -1,0 +1,1 @@
+"""mcel-search: analysis layer."""

@@ -1,0 +1,1 @@
+"""mcel-search: core layer."""

@@ -1,0 +1,339 @@
+"""Random bit errors in stored quantized weights (the bit-error model of the paper, Sec. III).
+
+Error model: every one of the ``bits`` low bits of every stored code flips independently of all others; a
+bit that holds 0 flips (``0 -> 1``) with probability ``p01``, a bit that holds 1 flips (``1 -> 0``) with
+probability ``p10``. Symmetric errors (the usual "bit error rate", BER) have ``p01 == p10``. Flipped codes
+are decoded with the scale and offset of the *clean* weights (:meth:`QuantizedTensor.with_codes`).
+
+:func:`flip_bits` samples this distribution exactly (up to the 2**-53 resolution of float64 uniforms) at
+every ``p`` in [0, 1], by one of two algorithms chosen by ``pmax = max(p01, p10)``:
+
+* **sparse** (small ``pmax``): the codes are viewed as ``N = numel * bits`` bit positions
+  (``position = code_index * bits + bit``, codes in row-major order). The positions of a
+  Bernoulli(``pmax``) process are drawn directly: the steps between successive events,
+  ``step = ceil(log(U) / log1p(-pmax))`` with ``U`` uniform in [0, 1), are geometric on {1, 2, ...}
+  since ``P(step > k) = P(U < (1 - pmax)**k) = (1 - pmax)**k``, and ``positions = cumsum(steps) - 1``.
+  Asymmetric errors thin these candidates: each is kept with probability ``p_v / pmax``, ``p_v`` being
+  ``p01`` or ``p10`` for the bit's current value ``v``, so every bit flips with probability
+  ``pmax * p_v / pmax = p_v``, independently of all others. Flips that hit the same code are merged into
+  one XOR mask. Work: one copy of the codes plus ``O(N * pmax)``, the expected number of candidates.
+* **dense** (large ``pmax``): for every bit of every code one uniform integer ``r`` in [0, 2**63) is drawn
+  and the bit flips iff ``r < round(p_v * 2**63)`` (the per-bit Bernoulli mask of the reference
+  framework, with an integer threshold: exact up to 2**-64). Work: ``O(N)``.
+
+``p = 0`` returns a copy; ``p = 1`` flips every bit (both algorithms handle it exactly).
+
+The random draws never depend on the code values except through the thinning / the per-value threshold:
+with symmetric errors the flip *pattern* depends only on the shape, ``bits``, ``p`` and the generator
+state, so one realization seed gives the same flips to every model with the same layer shapes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from torch import Generator, Tensor, nn
+
+from core.layers import quantized_layers
+from core.quantization import check_bits
+
+__all__ = ["SPARSE_MAX_P", "derive_seed", "flip_bits", "inject_bit_errors"]
+
+SPARSE_MAX_P: dict[str, float] = {"cpu": 0.15, "cuda": 0.01}
+"""Crossover per device type: the sparse algorithm is used when ``max(p01, p10) < SPARSE_MAX_P[type]``.
+
+CPU, measured with ``benchmarks/bench_flips.py --crossover`` (2 threads): the two paths cost the same at
+``p`` = 0.15-0.2 for 4- and 8-bit codes (about 0.3 for binary codes); the sparse path is 2x faster at 0.1
+and over 100x faster at 1e-3. Above the crossover the sparse path also needs more scratch memory (about
+50 bytes per flipped bit against 10 bytes per code). CUDA: an estimate, not yet measured (no GPU was at
+hand): a dense pass is bandwidth-bound and cheap there, while the sparse path pays ~20 kernel launches and
+3 host synchronisations; re-measure with ``--device cuda --crossover``. Devices not listed use the
+``"cpu"`` value. Both algorithms are exact, so this affects speed only, and which flips a given generator
+state maps to (a function of ``p`` and the device type only).
+"""
+
+_SUPPORTED_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+_MASK64 = (1 << 64) - 1
+_TWO63 = float(1 << 63)
+_BATCH_SIGMAS = 6.0  # a batch of geometric steps covers its range unless the count is 6 sigma low
+_BATCH_EXTRA = 16
+_BIT_MASKS = torch.tensor([1 << j for j in range(8)], dtype=torch.int32)
+_SEED_MULTIPLIER = 0xD1B54A32D192ED03  # odd: h -> h * K is a bijection mod 2**64
+
+Method = Literal["auto", "sparse", "dense"]
+
+
+def _check_probability(name: str, p: float) -> float:
+    """Return ``float(p)`` if it is a finite real number in [0, 1], else raise ValueError."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:  # NaN fails too
+        raise ValueError(f"{name}={p!r} is not allowed: it must be a finite number in [0, 1]")
+    return float(p)
+
+
+def _check_codes(codes: Tensor) -> None:
+    if not isinstance(codes, Tensor):
+        raise TypeError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
+    if codes.dtype not in _SUPPORTED_DTYPES:
+        names = ", ".join(str(d).removeprefix("torch.") for d in _SUPPORTED_DTYPES)
+        raise TypeError(f"codes must have an integer dtype ({names}), got {codes.dtype}")
+
+
+def _check_generator(generator: Generator | None, device: torch.device) -> None:
+    if generator is not None and generator.device.type != device.type:
+        raise ValueError(
+            f"generator is on device {generator.device}, but the codes are on {device}: "
+            "the random numbers are drawn on the codes' device"
+        )
+
+
+def flip_bits(
+    codes: Tensor,
+    bits: int,
+    p01: float,
+    p10: float | None = None,
+    generator: Generator | None = None,
+    *,
+    method: Method = "auto",
+) -> Tensor:
+    """Return a copy of ``codes`` in which each of the ``bits`` low bits of every code flips independently.
+
+    A bit holding 0 flips with probability ``p01``, a bit holding 1 with probability ``p10``
+    (``p10=None``: symmetric, ``p10 = p01``). Bits above ``bits`` are never touched. The distribution is
+    exact at every probability (see the module docstring): ``p = 0`` returns a plain copy, ``p = 1`` flips
+    every bit holding the corresponding value.
+
+    Args:
+        codes: integer tensor (uint8, int8, int16, int32 or int64) on any device; not modified.
+        bits: stored bits per code, 1..8.
+        p01: probability that a 0 bit becomes 1, in [0, 1].
+        p10: probability that a 1 bit becomes 0, in [0, 1]; ``None`` means ``p01``.
+        generator: a ``torch.Generator`` on the codes' device type; ``None`` uses torch's global RNG.
+        method: ``"auto"`` (sparse below :data:`SPARSE_MAX_P`, dense otherwise), ``"sparse"`` or
+            ``"dense"``. Both are exact; they map a given generator state to different flips.
+
+    Returns:
+        A new contiguous tensor with the dtype, shape and device of ``codes``.
+
+    Raises:
+        TypeError: ``codes`` is not a tensor of a supported integer dtype.
+        ValueError: ``bits`` is not in 1..8, a probability is not a finite number in [0, 1], ``method``
+            is unknown, or ``generator`` is on another device type than ``codes``.
+    """
+    out, _ = _flip_bits_counted(codes, bits, p01, p10, generator, method, count=False)
+    return out
+
+
+def _flip_bits_counted(
+    codes: Tensor,
+    bits: int,
+    p01: float,
+    p10: float | None,
+    generator: Generator | None,
+    method: Method,
+    count: bool,
+) -> tuple[Tensor, int | Tensor | None]:
+    """:func:`flip_bits` plus the number of flipped bits (an int or 0-d tensor; ``None`` unless ``count``)."""
+    _check_codes(codes)
+    check_bits(bits)
+    p01 = _check_probability("p01", p01)
+    p10 = p01 if p10 is None else _check_probability("p10", p10)
+    if method not in ("auto", "sparse", "dense"):
+        raise ValueError(f"method={method!r} is not allowed: use 'auto', 'sparse' or 'dense'")
+    _check_generator(generator, codes.device)
+    pmax = max(p01, p10)
+    with torch.no_grad():
+        if pmax == 0.0 or codes.numel() == 0:
+            return codes.clone(memory_format=torch.contiguous_format), 0
+        if method == "auto":
+            crossover = SPARSE_MAX_P.get(codes.device.type, SPARSE_MAX_P["cpu"])
+            method = "sparse" if pmax < crossover else "dense"
+        if method == "sparse":
+            return _flip_sparse(codes, bits, p01, p10, generator)
+        return _flip_dense(codes, bits, p01, p10, generator, count)
+
+
+def _bernoulli_positions(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
+    """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process, ``0 < p < 1``, ``n < 2**53``, as int64.
+
+    Steps between successive events ``ceil(log(U) / log1p(-p))`` with ``U = rand`` (float64, 53 random
+    bits, in [0, 1)) are geometric on {1, 2, ...}: ``P(step > k) = P(U < (1 - p)**k) = (1 - p)**k``.
+    ``U = 0`` (probability 2**-53) gives an infinite step, which just ends the range. The event ends
+    ``E = cumsum(steps)`` are summed in float64, exact for integers below 2**53, and the positions are
+    ``E - 1`` for ``E <= n``. Batches of ``m p + 6 sqrt(m p) + 16`` steps for ``m`` uncovered positions are
+    drawn, so a second batch is needed only with probability of order 1e-9.
+    """
+    log_q = math.log1p(-p)
+    pieces: list[Tensor] = []
+    start = 0.0  # events so far end at or before position `start` (1-based)
+    while True:
+        expected = (n - start) * p
+        size = max(1, math.ceil(expected + _BATCH_SIGMAS * math.sqrt(expected) + _BATCH_EXTRA))
+        u = torch.rand(size, dtype=torch.float64, device=device, generator=generator)
+        ends = torch.cumsum(u.log_().div_(log_q).ceil_(), 0)
+        if start:
+            ends.add_(start)
+        inside = int(torch.searchsorted(ends, float(n), right=True))
+        pieces.append(ends[:inside])
+        if inside < size:
+            break
+        start = float(ends[-1])
+    ends = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return ends.to(torch.int64).sub_(1)
+
+
+def _split_positions(pos: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """``(pos // bits, pos % bits)`` for non-negative ``pos < 2**49``.
+
+    Powers of two use shifts. Otherwise float64 division (int64 division is several times slower):
+    ``pos / bits = q + r / bits`` is at least ``1 / bits`` away from ``q + 1`` while the rounding error is
+    below ``(q + 1) * 2**-52``, so truncating the rounded quotient gives ``q`` exactly.
+    """
+    if bits & (bits - 1) == 0:
+        shift = bits.bit_length() - 1
+        return pos >> shift, pos & (bits - 1)
+    idx = (pos.to(torch.float64) / bits).to(torch.int64)
+    return idx, pos - idx * bits
+
+
+def _flip_sparse(
+    codes: Tensor, bits: int, p01: float, p10: float, generator: Generator | None
+) -> tuple[Tensor, int]:
+    """Sparse exact sampler: geometric gaps at rate ``pmax``, then thinning (module docstring)."""
+    out = codes.clone(memory_format=torch.contiguous_format)
+    flat = out.view(-1)
+    pmax = max(p01, p10)
+    if pmax == 1.0:
+        # every position is a candidate; keep the sparse random stream layout (used by tests only)
+        pos = torch.arange(flat.numel() * bits, device=codes.device)
+    else:
+        pos = _bernoulli_positions(flat.numel() * bits, pmax, generator, codes.device)
+    idx, bit = (pos, torch.zeros_like(pos)) if bits == 1 else _split_positions(pos, bits)
+    if p01 != p10:
+        # one uniform per candidate, whatever the code values: keep with probability p_v / pmax
+        u = torch.rand(pos.numel(), dtype=torch.float64, device=codes.device, generator=generator)
+        value = (flat.index_select(0, idx).to(torch.int64) >> bit) & 1
+        thresholds = torch.tensor([p01 / pmax, p10 / pmax], dtype=torch.float64, device=codes.device)
+        keep = u < thresholds[value]  # the threshold of the larger probability is exactly 1.0
+        idx, bit = idx[keep], bit[keep]
+    count = idx.numel()
+    if count == 0:
+        return out, 0
+    # one-hot bit masks (int32: native atomics for index_add_ on CUDA) from a table lookup
+    masks = _BIT_MASKS.to(codes.device).index_select(0, bit)
+    if bits > 1:
+        # positions are sorted, so the flips of one code are adjacent; distinct bits: sum == OR (<= 255)
+        idx, inverse = torch.unique_consecutive(idx, return_inverse=True)
+        masks = torch.zeros(idx.numel(), dtype=torch.int32, device=codes.device).index_add_(0, inverse, masks)
+    masks = masks.to(torch.uint8)  # exact: every mask is < 2**bits <= 256
+    masks = masks.view(torch.int8) if out.dtype == torch.int8 else masks.to(out.dtype)
+    # idx is unique: gather, xor, scatter back touches only the flipped codes
+    flat.scatter_(0, idx, flat.index_select(0, idx).bitwise_xor_(masks))
+    return out, count
+
+
+def _flip_dense(
+    codes: Tensor, bits: int, p01: float, p10: float, generator: Generator | None, count: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Dense exact sampler: per bit ``j`` one uniform integer ``r`` in ``[0, 2**63)`` per code.
+
+    The bit flips iff ``r < t_v`` with ``t_v = round(p_v * 2**63)``, i.e. with probability ``p_v`` up to
+    2**-64 (``p = 1``: ``t = 2**63``, always). Compared as ``r <= t_v - 1`` so every threshold fits int64.
+    """
+    src = codes.contiguous()
+    mask = torch.zeros_like(src, memory_format=torch.contiguous_format)
+    r = torch.empty(src.shape, dtype=torch.int64, device=src.device)
+    total = torch.zeros((), dtype=torch.int64, device=src.device) if count else None
+    t01 = round(p01 * _TWO63) - 1
+    t10 = round(p10 * _TWO63) - 1
+    for j in range(bits):
+        r.random_(generator=generator)
+        if t01 == t10:
+            flip = r <= t01
+        else:
+            is_one = ((src >> j) & 1).bool()
+            flip = r <= torch.where(is_one, t10, t01)
+        if total is not None:
+            total += flip.sum()
+        mask |= flip.to(mask.dtype) << j
+    return src ^ mask, total
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """Deterministic 63-bit seed from ``seed`` and ``keys`` (e.g. a layer index), by splitmix64 mixing.
+
+    ``h = splitmix64(seed)``; for each key ``h = splitmix64(h * K + key)`` (all mod 2**64, ``K`` an odd
+    constant, so that seed and key play different roles); returns ``h >> 1`` (a non-negative int < 2**63,
+    valid for ``torch.Generator.manual_seed``). Nearby inputs give unrelated outputs; the order of ``keys``
+    matters. Negative ints are taken mod 2**64.
+    """
+    for name, value in (("seed", seed), *((f"keys[{i}]", k) for i, k in enumerate(keys))):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}={value!r} must be an int")
+    h = _splitmix64(seed & _MASK64)
+    for key in keys:
+        h = _splitmix64((h * _SEED_MULTIPLIER + key) & _MASK64)
+    return h >> 1
+
+
+def _splitmix64(x: int) -> int:
+    """One step of Steele, Lea & Flood's SplitMix64 finalizer on a 64-bit unsigned integer."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+@contextmanager
+def inject_bit_errors(
+    model: nn.Module, ber: float, seed: int, p10: float | None = None
+) -> Iterator[dict[str, int]]:
+    """Run ``model`` with bit-flipped weight codes inside the ``with`` block; restore exactly on exit.
+
+    For the ``k``-th quantized layer (module order of :func:`core.layers.quantized_layers`) the clean
+    codes ``qt = layer.quantized_weight()`` are flipped by :func:`flip_bits` (``p01 = ber``, ``p10``;
+    ``None``: symmetric) with a generator on the weight's device seeded by ``derive_seed(seed, k)``, and
+    the layer runs with ``qt.with_codes(flipped)`` (decoded with the clean scale and offset). On exit,
+    also through an exception, every layer's substitute is cleared. Float parameters are never written,
+    so the state dict after the block equals the one before bit for bit.
+
+    One ``seed`` is one error realization: with symmetric errors the same seed flips the same bits of
+    every model whose quantized layers have the same shapes and bits, whatever their weights (paired
+    comparisons); with asymmetric errors the flips depend on the weights only through the thinning.
+
+    Yields:
+        ``{layer name: number of flipped bits}``.
+
+    Raises:
+        ValueError: ``ber`` or ``p10`` is not a finite number in [0, 1], or ``model`` has no quantized
+            layer (a float model holds no codes to corrupt).
+    """
+    ber = _check_probability("ber", ber)
+    if p10 is not None:
+        p10 = _check_probability("p10", p10)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed={seed!r} must be an int")
+    layers = list(quantized_layers(model))
+    if not layers:
+        raise ValueError(
+            f"{type(model).__name__} has no quantized layers (bits 1..8): a float model cannot be "
+            "evaluated under bit errors by this engine"
+        )
+    counts: dict[str, int | Tensor | None] = {}
+    try:
+        for k, (name, layer) in enumerate(layers):
+            qt = layer.quantized_weight()
+            generator = torch.Generator(device=qt.codes.device)
+            generator.manual_seed(derive_seed(seed, k))
+            flipped, counts[name] = _flip_bits_counted(
+                qt.codes, qt.bits, ber, p10, generator, "auto", count=True
+            )
+            layer.substitute_codes(qt.with_codes(flipped))
+        yield {name: int(c) for name, c in counts.items()}
+    finally:
+        for _, layer in layers:
+            layer.clear_substitute()

@@ -1,0 +1,103 @@
+"""Checkpoints that load without unpickling code: ``torch.load(..., weights_only=True)`` only.
+
+A checkpoint is a dict of tensors and plain values::
+
+    {"format": "mcel-checkpoint", "version": 1,
+     "model": {name, bits, num_classes, in_channels, image_size, logit_scale},   # create_model kwargs
+     "data": {...}, "train": {...}, "loss": {...},   # how it was made (plain values)
+     "metrics": {...},                              # optional
+     "state_dict": {...}}                           # model weights
+
+Written atomically (temporary file + rename) so a crash never leaves a half-written checkpoint under the
+final name. Loading refuses anything that is not such a dict (a truncated file, another format, a pickle
+carrying code) with :class:`CheckpointError`, and a checkpoint whose weights do not fit the architecture
+it names with a message naming both.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "mcel-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded safely or does not fit; the message says which and why."""
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
+    """Write ``model``'s weights and ``meta`` (must contain ``"model"``: the create_model kwargs) atomically."""
+    if "model" not in meta:
+        raise ValueError("checkpoint meta needs a 'model' entry with the create_model arguments")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "version": VERSION, **meta, "state_dict": model.state_dict()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load the checkpoint dict with ``weights_only=True``; raise :class:`CheckpointError` on anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} was refused by the safe loader (weights_only=True): it holds objects "
+            f"other than tensors and plain values, e.g. pickled code ({first[:160]})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is unreadable (truncated or not a torch file): {type(exc).__name__}"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {str(path)!r} is not an {FORMAT} file (format field missing)")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has version {payload.get('version')!r}; this reads {VERSION}"
+        )
+    if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("state_dict"), dict):
+        raise CheckpointError(f"checkpoint {str(path)!r} lacks its 'model' or 'state_dict' entry")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model a checkpoint names and load its weights; returns ``(model in eval mode, payload)``."""
+    from core.models import create_model
+
+    payload = read_checkpoint(path)
+    spec = dict(payload["model"])
+    try:
+        model = create_model(spec.pop("name"), **spec)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} names a model that cannot be built: {exc}") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        detail = str(exc).splitlines()[0]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit architecture {payload['model'].get('name')!r} "
+            f"at {payload['model'].get('bits')} bits: {detail}"
+        ) from None
+    return model.to(device).eval(), payload

@@ -1,0 +1,167 @@
+"""One trial end to end from Python: build data, model and loss from plain values, train, evaluate, save.
+
+This is what ``mcel train`` runs and what a search trial runs, so the two cannot drift apart::
+
+    spec = TrialSpec(arch="small_cnn", dataset="digits", bits=4, loss="mcel", margin=8.0, b=16.0)
+    result = run_trial(spec, out_dir="runs/mcel-m8")
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from core.checkpoint import save_checkpoint
+from core.data import load_dataset
+from core.evaluation import evaluate_accuracy, margin_statistics
+from core.losses import create_loss, loss_params
+from core.models import create_model
+from core.training import EpochStats, TrainConfig, Trainer, seed_everything
+
+
+@dataclass
+class TrialSpec:
+    """Everything that defines one training run, as plain values (flattened into tracking params)."""
+
+    arch: str = "small_cnn"  # a registered model name (core.models.list_models())
+    dataset: str = "digits"  # a registered data set name (core.data.list_datasets())
+    bits: int = 4  # 1 (BNN), 2, 4, 8 (QAT) or 32 (float)
+    loss: str = "mcel"  # cel, mcel or mhl
+    margin: float | None = None  # MCEL margin m (mcel only)
+    b: float | None = None  # MCEL saturation bound / MHL margin (mcel, mhl)
+    logit_scale: float = 1.0  # constant factor on the network's raw logits
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data_root: str | None = None  # data set root; None: MCEL_DATA_ROOT or the data set's default places
+    split_seed: int = 0  # deterministic train/test split where the data set needs one (digits)
+    limit_train: int | None = None  # use only the first N training samples (deterministic subset)
+    limit_test: int | None = None  # use only the first N test samples
+
+    def loss_kwargs(self) -> dict[str, float]:
+        """The loss hyperparameters this spec's loss takes (others must be unset)."""
+        wanted = loss_params(self.loss)
+        given = {"margin": self.margin, "b": self.b}
+        extra = [k for k, v in given.items() if v is not None and k not in wanted]
+        if extra:
+            raise ValueError(
+                f"loss={self.loss!r} does not take {', '.join(extra)}; it takes {wanted or 'nothing'}"
+            )
+        return {k: given[k] for k in wanted}
+
+    def data_kwargs(self) -> dict[str, Any]:
+        return {
+            "root": self.data_root,
+            "split_seed": self.split_seed,
+            "limit_train": self.limit_train,
+            "limit_test": self.limit_test,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["train"] = self.train.to_dict()
+        return d
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened ``train.*`` keys, for tracking params."""
+        d = self.to_dict()
+        train = d.pop("train")
+        d.update({f"train.{k}": v for k, v in train.items()})
+        return d
+
+
+@dataclass
+class TrialResult:
+    """What :func:`run_trial` measured."""
+
+    model: nn.Module  # the trained model (eval mode)
+    history: list[EpochStats]
+    clean_acc: float
+    margins: dict[str, Any]
+    checkpoint: Path | None
+
+
+def build(spec: TrialSpec) -> tuple[nn.Module, nn.Module, Any]:
+    """Seed, then build ``(model, loss, data bundle)`` for ``spec``; any bad value raises ValueError."""
+    loss_fn = create_loss(spec.loss, **spec.loss_kwargs())
+    data = load_dataset(spec.dataset, **spec.data_kwargs())
+    seed_everything(spec.train.seed)
+    model = create_model(
+        spec.arch,
+        bits=spec.bits,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        logit_scale=spec.logit_scale,
+    )
+    return model, loss_fn, data
+
+
+def model_meta(spec: TrialSpec, data: Any) -> dict[str, Any]:
+    """The checkpoint's ``model`` entry: the create_model arguments."""
+    return {
+        "name": spec.arch,
+        "bits": spec.bits,
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "image_size": data.image_size,
+        "logit_scale": spec.logit_scale,
+    }
+
+
+def checkpoint_meta(spec: TrialSpec, data: Any, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The full checkpoint metadata for ``spec`` (model, data, loss, train, optional metrics)."""
+    return {
+        "model": model_meta(spec, data),
+        "data": {"name": spec.dataset, **spec.data_kwargs()},
+        "loss": {"name": spec.loss, **spec.loss_kwargs()},
+        "train": spec.train.to_dict(),
+        "metrics": metrics or {},
+    }
+
+
+def run_trial(
+    spec: TrialSpec,
+    out_dir: str | os.PathLike | None = None,
+    on_epoch: Callable[[EpochStats, Trainer], bool | None] | None = None,
+) -> TrialResult:
+    """Train ``spec``, evaluate clean accuracy and test margins, and write ``checkpoint.pt`` and
+    ``metrics.json`` into ``out_dir`` (if given). ``on_epoch(stats, trainer)`` returning True stops early."""
+    model, loss_fn, data = build(spec)
+    trainer = Trainer(model, data.train, loss_fn, spec.train)
+    trainer.fit(None if on_epoch is None else (lambda s: on_epoch(s, trainer)))
+    clean = evaluate_accuracy(trainer.model, data.test)
+    margins = margin_statistics(trainer.model, data.test)
+    ckpt = None
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {k: v for k, v in margins.items() if k != "margins"}
+        metrics = {
+            "spec": spec.to_dict(),
+            "history": [h.to_dict() for h in trainer.history],
+            "clean_acc": clean,
+            "test_margins": summary,
+        }
+        ckpt = save_checkpoint(
+            out / "checkpoint.pt", trainer.model, checkpoint_meta(spec, data, {"clean_acc": clean})
+        )
+        tmp = out / ".metrics.json.tmp"
+        tmp.write_text(json.dumps(metrics, indent=2, default=_json_default))
+        tmp.replace(out / "metrics.json")
+    return TrialResult(
+        model=trainer.model.eval(), history=trainer.history, clean_acc=clean, margins=margins, checkpoint=ckpt
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__}")

@@ -1,0 +1,177 @@
+"""Quantization-aware layers, binary activations and the logit scale.
+
+``QuantConv2d`` and ``QuantLinear`` take the arguments of ``nn.Conv2d`` / ``nn.Linear`` plus a keyword
+``bits``. ``bits`` in 1..8 stores the weight as ``bits``-bit codes (:mod:`core.quantization`): the weight used
+in every forward pass, in training and in evaluation, is ``fake_quantize(weight, bits)``. ``bits=32`` means
+a float layer (no quantization; such a layer holds no codes and is not touched by bit-error injection).
+Biases are kept in float: in our models every conv/linear layer that carries a bias is followed by
+BatchNorm, or is the output layer, and the paper injects errors into weights only.
+
+Bit-error hook: :meth:`QuantizedLayerMixin.quantized_weight` hands out the clean :class:`QuantizedTensor`;
+:meth:`QuantizedLayerMixin.substitute_codes` makes the layer run with other codes (e.g. flipped ones),
+decoded with the clean weight's scale and offset; :meth:`QuantizedLayerMixin.clear_substitute` goes back.
+The float parameter itself is never modified, so restoring is exact by construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.quantization import QuantizedTensor, check_bits, dequantize, fake_quantize, quantize
+
+FLOAT_BITS = 32
+
+
+def check_layer_bits(bits: int) -> int:
+    """``bits`` must be 1..8 (quantized) or 32 (float); anything else raises ValueError."""
+    if bits == FLOAT_BITS and not isinstance(bits, bool):
+        return bits
+    try:
+        return check_bits(bits)
+    except ValueError:
+        raise ValueError(
+            f"bits={bits!r} is not supported: allowed are 1..8 (quantized) or 32 (float)"
+        ) from None
+
+
+class QuantizedLayerMixin:
+    """Shared logic of the quantized layers: which weight the forward pass uses."""
+
+    weight: nn.Parameter
+    bits: int
+    _substitute: QuantizedTensor | None
+
+    def _init_quant(self, bits: int) -> None:
+        self.bits = check_layer_bits(bits)
+        self._substitute = None
+
+    @property
+    def is_quantized(self) -> bool:
+        """True when the weight is stored as codes (bits 1..8)."""
+        return self.bits != FLOAT_BITS
+
+    def quantized_weight(self) -> QuantizedTensor:
+        """The clean weight's codes, scale and offset (no gradient)."""
+        if not self.is_quantized:
+            raise RuntimeError("a 32-bit (float) layer holds no quantized codes")
+        return quantize(self.weight.detach(), self.bits)
+
+    def substitute_codes(self, qt: QuantizedTensor) -> None:
+        """Run with ``qt``'s codes from now on, until :meth:`clear_substitute`.
+
+        ``qt`` must come from :meth:`quantized_weight` (possibly via ``with_codes``) so that corrupted codes are
+        decoded with the clean weight's scale and offset, never re-estimated.
+        """
+        if not self.is_quantized:
+            raise RuntimeError("a 32-bit (float) layer cannot run with substituted codes")
+        if qt.shape != self.weight.shape or qt.bits != self.bits:
+            raise ValueError(
+                f"substitute codes of shape {tuple(qt.shape)} at {qt.bits} bits do not fit a weight of shape "
+                f"{tuple(self.weight.shape)} at {self.bits} bits"
+            )
+        self._substitute = qt
+
+    def clear_substitute(self) -> None:
+        """Go back to the layer's own (clean) weight."""
+        self._substitute = None
+
+    def effective_weight(self) -> Tensor:
+        """The weight the forward pass uses: substituted codes, fake-quantized weight, or the float weight."""
+        if self._substitute is not None:
+            return dequantize(self._substitute, dtype=self.weight.dtype)
+        if not self.is_quantized:
+            return self.weight
+        return fake_quantize(self.weight, self.bits)
+
+
+class QuantConv2d(QuantizedLayerMixin, nn.Conv2d):
+    """``nn.Conv2d`` whose weight is quantized to ``bits`` bits in every forward pass.
+
+    Example: ``QuantConv2d(1, 8, 3, bits=4)``.
+    """
+
+    def __init__(self, *args, bits: int = 8, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quant(bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._conv_forward(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}"
+
+
+class QuantLinear(QuantizedLayerMixin, nn.Linear):
+    """``nn.Linear`` whose weight is quantized to ``bits`` bits in every forward pass.
+
+    Example: ``QuantLinear(2048, 10, bits=4)``.
+    """
+
+    def __init__(self, *args, bits: int = 8, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_quant(bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.effective_weight(), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, bits={self.bits}"
+
+
+class _SignSTE(torch.autograd.Function):
+    """``sign`` with ``sign(0) = +1`` forward; hardtanh gradient (``1`` where ``|x| <= 1``) backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() <= 1).to(grad.dtype)
+
+
+def sign_ste(x: Tensor) -> Tensor:
+    """Binary activation: ``+1`` where ``x >= 0``, else ``-1``; straight-through hardtanh gradient."""
+    return _SignSTE.apply(x)
+
+
+class SignActivation(nn.Module):
+    """Binary activation of BNNs (module form of :func:`sign_ste`)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sign_ste(x)
+
+
+class LogitScale(nn.Module):
+    """Multiply the network's raw logits by a constant ``scale`` (paper Sec. VIII-A).
+
+    Keeps the logits in the near-linear range of ``b * tanh(z / b)`` so that margins keep their meaning.
+    ``scale`` must be finite and > 0. Stored as a buffer so it travels with the state dict.
+    """
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        if not (isinstance(scale, int | float) and not isinstance(scale, bool)) or not (
+            0 < scale < float("inf")
+        ):
+            raise ValueError(f"logit_scale={scale!r} is not allowed: it must be a finite number > 0")
+        self.register_buffer("scale", torch.tensor(float(scale)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+    def extra_repr(self) -> str:
+        return f"scale={float(self.scale):g}"
+
+
+def quantized_layers(model: nn.Module) -> Iterator[tuple[str, QuantizedLayerMixin]]:
+    """``(name, layer)`` for every layer of ``model`` that stores quantized codes, in module order."""
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLayerMixin) and module.is_quantized:
+            yield name, module

@@ -1,0 +1,154 @@
+"""Model registry: architectures are picked by name, so a search space holds only strings.
+
+Follows torchvision ``models/_api.py`` and timm ``models/_registry.py``: a decorator fills one dict, a
+duplicate name raises, and :func:`create_model` drops ``None`` keyword arguments so that unset keys take
+their defaults.
+
+Example::
+
+    model = create_model("vgg3", bits=4, num_classes=10, in_channels=1, image_size=28, logit_scale=0.5)
+    model.mcel_config  # {"name": "vgg3", "bits": 4, ...}: enough to rebuild it (see create_model_from_config)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+#: Bit widths every architecture supports: 2-, 4-, 8-bit QNNs and 32-bit float.
+QNN_BITS: tuple[int, ...] = (2, 4, 8, 32)
+#: Bit widths of architectures that also have a binary (BNN) variant.
+BNN_QNN_BITS: tuple[int, ...] = (1, *QNN_BITS)
+
+ModelBuilder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the registry knows about one architecture."""
+
+    name: str  # registry key, e.g. "vgg3"
+    builder: ModelBuilder  # fn(*, bits, num_classes, in_channels, image_size, logit_scale) -> nn.Module
+    bits: tuple[int, ...]  # supported bit widths (1 = BNN, 32 = float), ascending
+    paper_dataset: str | None  # data set the paper pairs it with (Table I), None for helper models
+    description: str  # one line, from the builder's docstring
+
+
+_MODELS: dict[str, ModelSpec] = {}
+
+_DEFAULTS: dict[str, Any] = {"num_classes": 10, "in_channels": 1, "image_size": 28, "logit_scale": 1.0}
+
+
+def register_model(
+    name: str, *, bits: Iterable[int] = QNN_BITS, paper_dataset: str | None = None
+) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator registering ``fn(*, bits, num_classes, in_channels, image_size, logit_scale)`` as ``name``.
+
+    ``bits`` lists the supported bit widths; a second registration of the same ``name`` raises ValueError.
+    """
+    bits = tuple(sorted(set(bits)))
+
+    def decorator(fn: ModelBuilder) -> ModelBuilder:
+        if name in _MODELS:
+            raise ValueError(
+                f"model {name!r} is already registered (by {_MODELS[name].builder.__qualname__})"
+            )
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _MODELS[name] = ModelSpec(name, fn, bits, paper_dataset, doc[0] if doc else "")
+        return fn
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of all registered architectures, sorted."""
+    return sorted(_MODELS)
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """The :class:`ModelSpec` of ``name``; an unknown name raises ValueError listing the known ones."""
+    try:
+        return _MODELS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+
+
+def supported_bits(name: str) -> tuple[int, ...]:
+    """Bit widths architecture ``name`` can be built with (1 = binary BNN, 32 = float), ascending."""
+    return get_model_spec(name).bits
+
+
+def check_model_bits(name: str, bits: int) -> None:
+    """Raise ValueError, naming the architecture and what it supports, unless ``name`` takes ``bits``."""
+    spec = get_model_spec(name)
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in spec.bits:
+        hint = ""
+        if bits == 1:
+            binary = [n for n in list_models() if 1 in _MODELS[n].bits]
+            hint = f"; binary (bits=1) networks exist only for {', '.join(binary)}"
+        raise ValueError(
+            f"model {name!r} does not support bits={bits!r}: it supports bits in "
+            f"{{{', '.join(map(str, spec.bits))}}}{hint}"
+        )
+
+
+def create_model(
+    name: str,
+    *,
+    bits: int,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    image_size: int | None = None,
+    logit_scale: float | None = None,
+) -> nn.Module:
+    """Build architecture ``name`` with every conv/linear weight quantized to ``bits`` bits.
+
+    Args:
+        name: a name from :func:`list_models`.
+        bits: one of :func:`supported_bits` ``(name)``; 32 builds a float model, 1 a binary BNN.
+        num_classes: number of output logits (default 10).
+        in_channels: channels of the input images (default 1).
+        image_size: height = width of the input images (default 28).
+        logit_scale: constant the raw logits are multiplied by (default 1.0; paper Sec. VIII-A).
+
+    ``None`` arguments take the defaults. The model carries ``model.mcel_config``, a plain dict of the
+    resolved arguments (``name`` included) that :func:`create_model_from_config` rebuilds it from.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the known ones), unsupported ``bits`` (the message
+            names the architecture and its bit widths), or shapes the architecture cannot take.
+    """
+    spec = get_model_spec(name)
+    if bits is None:
+        raise ValueError(f"create_model({name!r}) needs bits, one of {spec.bits}")
+    check_model_bits(name, bits)
+    given = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
+    given["logit_scale"] = logit_scale
+    kwargs = {**_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+    for key in ("num_classes", "in_channels", "image_size"):
+        value = kwargs[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r} is not allowed for model {name!r}: it must be an integer >= 1")
+    if kwargs["num_classes"] < 2:
+        raise ValueError(
+            f"num_classes={kwargs['num_classes']} is not allowed: a classifier needs >= 2 classes"
+        )
+    model = spec.builder(bits=bits, **kwargs)
+    model.mcel_config = {"name": name, "bits": bits, **kwargs}
+    return model
+
+
+def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild a model from a ``model.mcel_config`` dict (e.g. stored in a checkpoint)."""
+    config = dict(config)
+    try:
+        name = config.pop("name")
+    except KeyError:
+        raise ValueError(f"model config {config!r} has no 'name'") from None
+    unknown = set(config) - {"bits", *_DEFAULTS}
+    if unknown:
+        raise ValueError(f"model config has unknown keys {sorted(unknown)}")
+    return create_model(name, **config)

@@ -1,0 +1,220 @@
+"""Quantization-aware training as in the paper (Sec. VIII-A): Adam, StepLR, any registered loss, seeded.
+
+:class:`Trainer` runs one epoch at a time so a caller (the ``mcel train`` command, a Ray Tune trial) can
+evaluate, report and checkpoint between epochs, and resume from :meth:`Trainer.state_dict`.
+
+Per epoch it records the mean training loss, the training accuracy and the Mean Logit Margin (MLM, paper
+Sec. VIII-C): the mean over the epoch's training samples of ``top1(z) - top2(z)`` of the model's logits
+``z`` (after the logit scale, before any loss transform), taken from the forward passes of training itself
+(train mode, weights changing during the epoch), exactly as the paper describes.
+
+Reproducibility: the model's initial weights come from :func:`seed_everything` before the model is built;
+the shuffling order of epoch ``e`` comes from a generator seeded with ``derive_seed(seed, e)``, so a run
+resumed at epoch ``e`` sees the same batches as an uninterrupted one. Statistics are accumulated on the
+device and read once per epoch: no host synchronisation per step.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from core.biterrors import derive_seed
+
+
+class TrainingDivergedError(RuntimeError):
+    """The training loss became NaN or infinite; the message names the epoch."""
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (paper Table II: epochs EP, batch size BS, StepLR step size SS and gamma)."""
+
+    epochs: int = 10  # number of passes over the training set
+    batch_size: int = 256  # samples per optimizer step
+    lr: float = 1e-3  # Adam learning rate
+    step_size: int = 10  # StepLR: multiply the lr by `gamma` every `step_size` epochs
+    gamma: float = 0.5  # StepLR decay factor
+    weight_decay: float = 0.0  # Adam weight decay (the paper uses none)
+    seed: int = 0  # seeds weight init (via seed_everything) and the per-epoch shuffling order
+    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+    num_workers: int = 0  # DataLoader workers (0: in-process; our data sets are in-memory tensors)
+    progress: bool = False  # print a progress bar to stderr
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "step_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} is not allowed: it must be an integer >= 1")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r} is not allowed: it must be a finite number > 0")
+        if not (isinstance(self.gamma, int | float) and 0 < self.gamma <= 1):
+            raise ValueError(f"gamma={self.gamma!r} is not allowed: it must be in (0, 1]")
+        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: it must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch measured."""
+
+    epoch: int  # 1-based epoch number
+    train_loss: float  # mean loss over the epoch's samples
+    train_acc: float  # fraction of the epoch's samples classified correctly (train mode)
+    mlm: float  # Mean Logit Margin: mean of top1 - top2 logit over the epoch's samples
+    lr: float  # learning rate used in this epoch
+    seconds: float  # wall time of the epoch
+    extra: dict[str, float] = field(default_factory=dict)  # room for callers' metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) so that model construction is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def top2_margin(logits: Tensor) -> Tensor:
+    """Per-sample ``top1 - top2`` of the logits (Eq. 1 of the paper); ``(N, C) -> (N,)``, ``C >= 2``."""
+    top = torch.topk(logits, 2, dim=-1).values
+    return top[..., 0] - top[..., 1]
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto" -> CUDA when available else CPU; an unavailable CUDA device raises ValueError."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} is not available here: CUDA is not present; use 'cpu'")
+    return dev
+
+
+class Trainer:
+    """Trains ``model`` on ``train_set`` with ``loss_fn`` one epoch at a time (Adam + StepLR)."""
+
+    def __init__(self, model: nn.Module, train_set: Dataset, loss_fn: nn.Module, config: TrainConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.loss_fn = loss_fn
+        self.train_set = train_set
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(
+            self.optimizer, step_size=config.step_size, gamma=config.gamma
+        )
+        self.epoch = 0  # epochs completed
+        self.history: list[EpochStats] = []
+
+    def _loader(self, epoch: int) -> DataLoader:
+        gen = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch))
+        return DataLoader(
+            self.train_set,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            generator=gen,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def train_epoch(self) -> EpochStats:
+        """Run the next epoch; raises :class:`TrainingDivergedError` if the loss became NaN/inf."""
+        start = time.perf_counter()
+        epoch = self.epoch + 1
+        model, dev = self.model, self.device
+        model.train()
+        lr = self.optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        correct = torch.zeros((), device=dev, dtype=torch.int64)
+        margin_sum = torch.zeros((), device=dev, dtype=torch.float64)
+        seen = 0
+        loader = self._loader(epoch)
+        batches = _progress(loader, f"epoch {epoch}/{self.config.epochs}") if self.config.progress else loader
+        for x, y in batches:
+            x = x.to(dev, non_blocking=True)
+            y = y.to(dev, non_blocking=True)
+            logits = model(x)
+            loss = self.loss_fn(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            with torch.no_grad():
+                n = y.shape[0]
+                loss_sum += loss.detach().double() * n
+                correct += (logits.argmax(dim=-1) == y).sum()
+                margin_sum += top2_margin(logits.detach()).double().sum()
+                seen += n
+        self.scheduler.step()
+        train_loss = float(loss_sum) / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise TrainingDivergedError(f"training loss became {train_loss} in epoch {epoch}")
+        self.epoch = epoch
+        stats = EpochStats(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_acc=int(correct) / max(seen, 1),
+            mlm=float(margin_sum) / max(seen, 1),
+            lr=lr,
+            seconds=time.perf_counter() - start,
+        )
+        self.history.append(stats)
+        return stats
+
+    def fit(self, on_epoch: Callable[[EpochStats], bool | None] | None = None) -> list[EpochStats]:
+        """Train up to ``config.epochs``; ``on_epoch(stats)`` returning True stops early."""
+        while self.epoch < self.config.epochs:
+            stats = self.train_epoch()
+            if on_epoch is not None and on_epoch(stats):
+                break
+        return self.history
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: model, optimizer, scheduler, epoch and history (tensors + primitives)."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "history": [s.to_dict() for s in self.history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        self.history = [
+            EpochStats(**{k: h[k] for k in ("epoch", "train_loss", "train_acc", "mlm", "lr", "seconds")})
+            for h in state["history"]
+        ]
+
+
+def _progress(iterable: DataLoader, label: str):
+    """A dependency-free progress bar on stderr."""
+    import sys
+
+    total = len(iterable)
+    for i, item in enumerate(iterable, 1):
+        yield item
+        done = int(30 * i / total)
+        sys.stderr.write(f"\r{label} [{'#' * done}{'.' * (30 - done)}] {i}/{total}")
+        sys.stderr.flush()
+    sys.stderr.write("\n")

@@ -1,0 +1,1 @@
+"""mcel-search: search layer."""

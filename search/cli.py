@@ -1,0 +1,203 @@
+"""The ``mcel`` command line: one entry point, subcommands in a dict (as optuna's cli.py).
+
+Bad input (a value out of range, a missing file, an unsafe checkpoint) exits with status 2 and one line
+``mcel: error: ...`` that names the field, the value and what is allowed; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(ValueError):
+    """Bad input found by the CLI itself."""
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train one model (one trial) and write a checkpoint and metrics")
+    p.add_argument("--arch", default="small_cnn", help="model name (see `mcel list`)")
+    p.add_argument("--dataset", default="digits", help="data set name (see `mcel list`)")
+    p.add_argument("--bits", type=int, default=4, help="1 (BNN), 2, 4, 8 (QAT) or 32 (float)")
+    p.add_argument("--loss", default="mcel", help="cel, mcel or mhl")
+    p.add_argument("--margin", type=float, default=None, help="MCEL margin m (mcel)")
+    p.add_argument("--b", type=float, default=None, help="saturation bound b (mcel) / hinge margin (mhl)")
+    p.add_argument("--logit-scale", type=float, default=1.0, help="constant factor on the raw logits")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--step-size", type=int, default=10, help="StepLR step size (epochs)")
+    p.add_argument("--gamma", type=float, default=0.5, help="StepLR decay")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-root", default=None, help="data set root (default: $MCEL_DATA_ROOT)")
+    p.add_argument("--limit-train", type=int, default=None, help="use the first N training samples only")
+    p.add_argument("--limit-test", type=int, default=None, help="use the first N test samples only")
+    p.add_argument("--progress", action="store_true", help="show a progress bar")
+    p.add_argument("--out", required=True, help="output directory for checkpoint.pt and metrics.json")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from core.experiment import TrialSpec, run_trial
+    from core.training import TrainConfig
+
+    train = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        step_size=args.step_size,
+        gamma=args.gamma,
+        seed=args.seed,
+        device=args.device,
+        progress=args.progress,
+    )
+    spec = TrialSpec(
+        arch=args.arch,
+        dataset=args.dataset,
+        bits=args.bits,
+        loss=args.loss,
+        margin=args.margin,
+        b=args.b,
+        logit_scale=args.logit_scale,
+        train=train,
+        data_root=args.data_root,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+    )
+
+    def on_epoch(stats, _trainer) -> None:
+        print(
+            f"epoch {stats.epoch:>3}  loss {stats.train_loss:.4f}  train acc {100 * stats.train_acc:6.2f}%  "
+            f"MLM {stats.mlm:.4f}  lr {stats.lr:.2e}  {stats.seconds:.1f}s",
+            flush=True,
+        )
+
+    result = run_trial(spec, out_dir=args.out, on_epoch=on_epoch)
+    print(f"clean test accuracy {100 * result.clean_acc:.2f}%  test margin mean {result.margins['mean']:.4f}")
+    print(f"wrote {result.checkpoint} and {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="accuracy under bit errors of a checkpoint (mean, std, min per BER)")
+    p.add_argument("checkpoint", help="path to a checkpoint.pt written by `mcel train` or a search")
+    p.add_argument("--bers", type=_floats, default=[0.0, 0.001, 0.01], help="comma-separated BERs")
+    p.add_argument("--reps", type=int, default=10, help="error realizations per BER")
+    p.add_argument("--seed", type=int, default=0, help="seed of the realization seed list")
+    p.add_argument("--p10", type=float, default=None, help="1->0 flip probability (default: symmetric)")
+    p.add_argument("--csv", default=None, help="write one row per (ber, rep): ber, rep, accuracy")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from core.checkpoint import load_checkpoint
+    from core.data import load_dataset
+    from core.evaluation import ber_sweep, format_sweep_table
+    from core.training import resolve_device
+
+    device = resolve_device(args.device)
+    model, payload = load_checkpoint(args.checkpoint, device=device)
+    data_cfg = dict(payload.get("data", {}))
+    name = data_cfg.pop("name", None)
+    if name is None:
+        raise UsageError(f"checkpoint {args.checkpoint!r} does not say which data set it was trained on")
+    if args.data_root is not None:
+        data_cfg["root"] = args.data_root
+    data_cfg.pop("limit_train", None)
+    data = load_dataset(name, **data_cfg)
+    result = ber_sweep(model, data.test, args.bers, args.reps, args.seed, p10=args.p10, device=str(device))
+    m = payload["model"]
+    print(f"{m['name']} {m['bits']}-bit on {name} ({len(data.test)} test samples), seed {args.seed}")
+    print(format_sweep_table(result))
+    if args.csv:
+        path = Path(args.csv)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["ber", "rep", "accuracy"])
+            writer.writeheader()
+            for r in result.records:
+                writer.writerow({"ber": r["ber"], "rep": r["rep"], "accuracy": r["accuracy"]})
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("list", help="registered models, data sets and losses")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from core.data import list_datasets
+    from core.losses import list_losses
+    from core.models import list_models, supported_bits
+
+    info = {
+        "models": {m: sorted(supported_bits(m)) for m in list_models()},
+        "datasets": list_datasets(),
+        "losses": list_losses(),
+    }
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for m, bits in info["models"].items():
+            print(f"model    {m:<12} bits {', '.join(map(str, bits))}")
+        print(f"datasets {', '.join(info['datasets'])}")
+        print(f"losses   {', '.join(info['losses'])}")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "train": _add_train,
+    "evaluate": _add_evaluate,
+    "list": _add_list,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mcel", description="Search for bit-error-tolerant quantized networks trained with MCEL."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("mcel: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError) as exc:
+        if args.debug:
+            traceback.print_exc()
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"mcel: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Checkpoints round-trip exactly and load only through the safe (weights_only) path."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import torch
+
+from core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from core.data import load_dataset
+from core.experiment import TrialSpec, run_trial
+from core.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    spec = TrialSpec(
+        arch="small_cnn", loss="mcel", margin=2.0, b=4.0, bits=4, train=TrainConfig(epochs=2, batch_size=64)
+    )
+    return run_trial(spec, out_dir=out), out
+
+
+def test_round_trip_gives_identical_predictions(trained) -> None:
+    result, out = trained
+    model, payload = load_checkpoint(out / "checkpoint.pt")
+    x, _ = load_dataset("digits").test.tensors
+    with torch.no_grad():
+        assert torch.equal(model(x), result.model.eval()(x))
+    assert payload["model"]["name"] == "small_cnn" and payload["loss"] == {
+        "name": "mcel",
+        "margin": 2.0,
+        "b": 4.0,
+    }
+    assert payload["metrics"]["clean_acc"] == result.clean_acc
+    assert (out / "metrics.json").is_file()
+    # the file really loads with the safe loader.
+    assert isinstance(torch.load(out / "checkpoint.pt", weights_only=True), dict)
+
+
+def test_pickle_carrying_code_is_refused(tmp_path, trained) -> None:
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "mcel-checkpoint", "version": 1, "model": {}, "state_dict": {}, "x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="refused by the safe loader"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    raw = tmp_path / "raw.pkl"
+    raw.write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(raw)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_files_are_refused(tmp_path, trained) -> None:
+    _, out = trained
+    data = (out / "checkpoint.pt").read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="unreadable"):
+        read_checkpoint(cut)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not an mcel-checkpoint"):
+        read_checkpoint(other)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path, trained) -> None:
+    _, out = trained
+    payload = torch.load(out / "checkpoint.pt", weights_only=True)
+    payload["model"]["name"] = "vgg3"
+    bad = tmp_path / "swapped.pt"
+    torch.save(payload, bad)
+    with pytest.raises(CheckpointError, match="does not fit architecture 'vgg3'"):
+        load_checkpoint(bad)
+
+
+def test_save_is_atomic_and_needs_model_meta(tmp_path) -> None:
+    with pytest.raises(ValueError, match="'model' entry"):
+        save_checkpoint(tmp_path / "x.pt", torch.nn.Linear(1, 1), {})
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,137 @@
+"""Training: reaches the accuracy the demo promises on digits, is seeded, resumable, and measures MLM."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from core.data import load_dataset
+from core.evaluation import evaluate_accuracy
+from core.experiment import TrialSpec, run_trial
+from core.losses import create_loss
+from core.models import create_model
+from core.training import TrainConfig, Trainer, TrainingDivergedError, seed_everything, top2_margin
+
+
+def test_top2_margin_by_hand() -> None:
+    logits = torch.tensor([[3.0, 1.0, 2.5], [-1.0, -4.0, 0.0]])
+    assert torch.allclose(top2_margin(logits), torch.tensor([0.5, 1.0]))
+
+
+@pytest.mark.parametrize("loss", ["cel", "mcel"])
+def test_digits_4bit_reaches_90_percent(loss: str) -> None:
+    params = {"margin": 4.0, "b": 8.0} if loss == "mcel" else {}
+    spec = TrialSpec(
+        arch="small_cnn",
+        dataset="digits",
+        bits=4,
+        loss=loss,
+        **params,
+        train=TrainConfig(epochs=8, batch_size=64),
+    )
+    result = run_trial(spec)
+    assert result.clean_acc >= 0.90
+    assert [h.epoch for h in result.history] == list(range(1, 9))
+    assert result.history[-1].train_loss < result.history[0].train_loss
+
+
+def test_mlm_is_mean_top2_margin_of_the_training_forward_passes() -> None:
+    # With lr tiny, the model hardly changes during the epoch, so the epoch's MLM must match an independent
+    # computation of mean(top1 - top2) over the training set in train mode (BatchNorm batch statistics).
+    data = load_dataset("synthetic", n_train=256, n_test=64, image_size=8, seed=0)
+    seed_everything(0)
+    model = create_model("small_cnn", bits=4, num_classes=data.num_classes, in_channels=1, image_size=8)
+    cfg = TrainConfig(epochs=1, batch_size=256, lr=1e-12)
+    trainer = Trainer(model, data.train, create_loss("cel"), cfg)
+    x, y = data.train.tensors
+    order = torch.randperm(
+        len(y),
+        generator=torch.Generator().manual_seed(__import__("core.biterrors").biterrors.derive_seed(0, 1)),
+    )
+    model.train()
+    with torch.no_grad():
+        expected = top2_margin(model(x[order])).mean().item()
+    stats = trainer.train_epoch()
+    assert stats.mlm == pytest.approx(expected, rel=1e-4)
+    assert 0.0 <= stats.train_acc <= 1.0
+
+
+def test_same_seed_same_model_and_resume_equals_uninterrupted() -> None:
+    data = load_dataset("digits")
+
+    def fresh(epochs: int) -> Trainer:
+        seed_everything(5)
+        model = create_model("small_cnn", bits=4, num_classes=10, in_channels=1, image_size=8)
+        return Trainer(
+            model,
+            data.train,
+            create_loss("mcel", margin=2.0, b=4.0),
+            TrainConfig(epochs=epochs, batch_size=128, seed=5, step_size=1),
+        )
+
+    full = fresh(3)
+    full.fit()
+    part = fresh(3)
+    part.train_epoch()
+    state = part.state_dict()
+    resumed = fresh(3)
+    resumed.load_state_dict(state)
+    resumed.fit()
+    for (k, a), (_, b) in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), k
+    assert [h.train_loss for h in full.history] == [h.train_loss for h in resumed.history]
+    assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**3)
+    other = fresh(1)
+    other.config.seed = 6
+    other.fit()
+    assert other.history[0].train_loss != full.history[0].train_loss
+
+
+def test_nan_loss_raises_training_diverged() -> None:
+    data = load_dataset("synthetic", n_train=64, n_test=16, image_size=8, seed=1)
+    model = create_model("small_cnn", bits=4, num_classes=data.num_classes, in_channels=1, image_size=8)
+
+    class NanLoss(torch.nn.Module):
+        def forward(self, logits, target):
+            return logits.sum() * float("nan")
+
+    trainer = Trainer(model, data.train, NanLoss(), TrainConfig(epochs=2, batch_size=32))
+    with pytest.raises(TrainingDivergedError, match="epoch 1"):
+        trainer.train_epoch()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"epochs": 0}, "epochs=0"),
+        ({"batch_size": -1}, "batch_size=-1"),
+        ({"lr": 0.0}, "lr=0.0"),
+        ({"gamma": 1.5}, "gamma=1.5"),
+    ],
+)
+def test_train_config_validation(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        TrainConfig(**kwargs)
+
+
+def test_unavailable_cuda_is_a_clear_error() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    with pytest.raises(ValueError, match="CUDA is not present"):
+        Trainer(torch.nn.Linear(2, 2), [], create_loss("cel"), TrainConfig(device="cuda"))
+
+
+def test_evaluate_accuracy_counts_by_hand() -> None:
+    class Fixed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.stack([x[:, 0], -x[:, 0]], dim=1)
+
+    x = torch.tensor([[1.0], [-1.0], [2.0], [-3.0]])
+    y = torch.tensor([0, 0, 1, 1])
+    assert evaluate_accuracy(Fixed(), [(x, y)]) == 0.5

@@ -1,0 +1,105 @@
+"""`mcel train` and `mcel evaluate` as a user runs them: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MCEL = [sys.executable, "-m", "search.cli"]
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*MCEL, *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("train")
+    proc = run(
+        "train",
+        "--arch",
+        "small_cnn",
+        "--dataset",
+        "digits",
+        "--bits",
+        "4",
+        "--loss",
+        "mcel",
+        "--margin",
+        "2",
+        "--b",
+        "4",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "64",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   3" in proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    assert {"train_loss", "train_acc", "mlm"} <= set(metrics["history"][0])
+    return out / "checkpoint.pt"
+
+
+def test_evaluate_prints_table_and_csv_is_reproducible(checkpoint: Path, tmp_path: Path) -> None:
+    rows = []
+    for name in ("a.csv", "b.csv"):
+        proc = run(
+            "evaluate",
+            str(checkpoint),
+            "--bers",
+            "0,0.01,0.05",
+            "--reps",
+            "3",
+            "--seed",
+            "4",
+            "--csv",
+            str(tmp_path / name),
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert "mean %" in proc.stdout and "5.0000%" in proc.stdout
+        with (tmp_path / name).open() as fh:
+            rows.append(list(csv.DictReader(fh)))
+    assert rows[0] == rows[1]
+    assert len(rows[0]) == 9 and set(rows[0][0]) == {"ber", "rep", "accuracy"}
+    at_zero = {r["accuracy"] for r in rows[0] if float(r["ber"]) == 0.0}
+    assert len(at_zero) == 1
+    metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+    assert float(at_zero.pop()) == pytest.approx(metrics["clean_acc"])
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["train", "--margin", "-1", "--b", "4", "--out", "OUT"], "margin=-1.0"),
+        (["train", "--loss", "mcel", "--margin", "1", "--b", "0", "--out", "OUT"], "b=0.0"),
+        (["train", "--bits", "3", "--loss", "cel", "--out", "OUT"], "bits"),
+        (["train", "--arch", "vgg99", "--loss", "cel", "--out", "OUT"], "vgg99"),
+        (["train", "--dataset", "mnist2", "--loss", "cel", "--out", "OUT"], "mnist2"),
+        (["train", "--loss", "focal", "--out", "OUT"], "focal"),
+        (["train", "--loss", "cel", "--epochs", "0", "--out", "OUT"], "epochs=0"),
+        (["evaluate", "MISSING", "--reps", "1"], "does not exist"),
+        (["evaluate", "CKPT", "--bers", "0,1.5"], "1.5"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    args: list[str], needle: str, tmp_path: Path, checkpoint: Path
+) -> None:
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in args]
+    args = [str(tmp_path / "nope.pt") if a == "MISSING" else a for a in args]
+    args = [str(checkpoint) if a == "CKPT" else a for a in args]
+    proc = run(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("mcel: error:"), proc.stderr
+    assert needle in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out" / "checkpoint.pt").exists()
