@@ -62,7 +62,7 @@ _MASK64 = (1 << 64) - 1
 _TWO63 = float(1 << 63)
 _BATCH_SIGMAS = 6.0  # a batch of geometric steps covers its range unless the count is 6 sigma low
 _BATCH_EXTRA = 16
-_BIT_MASKS = torch.tensor([1 << j for j in range(8)], dtype=torch.int32)
+_INT32_LIMIT = 1 << 31  # positions below this fit int32
 _SEED_MULTIPLIER = 0xD1B54A32D192ED03  # odd: h -> h * K is a bijection mod 2**64
 
 Method = Literal["auto", "sparse", "dense"]
@@ -158,81 +158,91 @@ def _flip_bits_counted(
 
 
 def _bernoulli_positions(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
-    """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process, ``0 < p < 1``, ``n < 2**53``, as int64.
+    """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process, ``0 < p < 1``, ``n < 2**53``.
 
     Steps between successive events ``ceil(log(U) / log1p(-p))`` with ``U = rand`` (float64, 53 random
     bits, in [0, 1)) are geometric on {1, 2, ...}: ``P(step > k) = P(U < (1 - p)**k) = (1 - p)**k``.
-    ``U = 0`` (probability 2**-53) gives an infinite step, which just ends the range. The event ends
-    ``E = cumsum(steps)`` are summed in float64, exact for integers below 2**53, and the positions are
-    ``E - 1`` for ``E <= n``. Batches of ``m p + 6 sqrt(m p) + 16`` steps for ``m`` uncovered positions are
-    drawn, so a second batch is needed only with probability of order 1e-9.
+    ``U = 0`` (probability 2**-53) gives an infinite step, which just ends the range. The positions are
+    the partial sums of the steps minus 1 (the first step is lowered by 1, so one cumsum gives them),
+    summed in float64, exact for integers below 2**53; those ``<= n - 1`` are kept. Batches of
+    ``m p + 6 sqrt(m p) + 16`` steps for ``m`` uncovered positions are drawn, so a second batch is needed
+    only with probability of order 1e-9. Returned as int32 if ``n <= 2**31`` (cheaper to convert and to
+    index with), else int64.
     """
     log_q = math.log1p(-p)
+    inv_log_q = 1.0 / log_q  # -inf only for p below ~1e-308, where the division is kept
+    index_dtype = torch.int32 if n <= _INT32_LIMIT else torch.int64
+    last = float(n - 1)
     pieces: list[Tensor] = []
-    start = 0.0  # events so far end at or before position `start` (1-based)
+    start = -1.0  # the last position so far (none yet: -1)
     while True:
-        expected = (n - start) * p
+        expected = (last - start) * p
         size = max(1, math.ceil(expected + _BATCH_SIGMAS * math.sqrt(expected) + _BATCH_EXTRA))
-        u = torch.rand(size, dtype=torch.float64, device=device, generator=generator)
-        ends = torch.cumsum(u.log_().div_(log_q).ceil_(), 0)
-        if start:
-            ends.add_(start)
-        inside = int(torch.searchsorted(ends, float(n), right=True))
-        pieces.append(ends[:inside])
+        steps = torch.rand(size, dtype=torch.float64, device=device, generator=generator).log_()
+        steps = steps.mul_(inv_log_q) if math.isfinite(inv_log_q) else steps.div_(log_q)
+        steps.ceil_()[:1].add_(start)
+        pos = torch.cumsum(steps, 0, out=steps)
+        inside = int(torch.searchsorted(pos, last, right=True))
+        pieces.append(pos[:inside].to(index_dtype))
         if inside < size:
             break
-        start = float(ends[-1])
-    ends = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    return ends.to(torch.int64).sub_(1)
+        start = float(pos[-1])
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def _split_positions(pos: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """``(pos // bits, pos % bits)`` for non-negative ``pos < 2**49``.
+    """``(pos // bits, pos % bits)`` for non-negative integer ``pos < 2**49``, in the dtype of ``pos``.
 
-    Powers of two use shifts. Otherwise float64 division (int64 division is several times slower):
+    Powers of two use shifts. Otherwise float64 division (integer division is several times slower):
     ``pos / bits = q + r / bits`` is at least ``1 / bits`` away from ``q + 1`` while the rounding error is
     below ``(q + 1) * 2**-52``, so truncating the rounded quotient gives ``q`` exactly.
     """
     if bits & (bits - 1) == 0:
         shift = bits.bit_length() - 1
         return pos >> shift, pos & (bits - 1)
-    idx = (pos.to(torch.float64) / bits).to(torch.int64)
+    idx = (pos.to(torch.float64) / bits).to(pos.dtype)
     return idx, pos - idx * bits
 
 
 def _flip_sparse(
     codes: Tensor, bits: int, p01: float, p10: float, generator: Generator | None
-) -> tuple[Tensor, int]:
-    """Sparse exact sampler: geometric gaps at rate ``pmax``, then thinning (module docstring)."""
+) -> tuple[Tensor, int | Tensor]:
+    """Sparse exact sampler: geometric gaps at rate ``pmax``, then thinning (module docstring).
+
+    Each candidate flip of bit ``b`` of code ``c`` (original value) changes ``c`` by
+    ``delta = (c ^ (1 << b)) - c``, i.e. ``+2**b`` or ``-2**b``. The bits flipped in one code are
+    distinct, so the sum of their deltas is ``(c ^ mask) - c`` for the XOR ``mask`` of all of them (in
+    the modular arithmetic of the integer dtype): the deltas are added with ``scatter_add_``, which
+    merges several flips of one code without sorting or deduplicating. A thinned-out candidate adds 0.
+    """
     out = codes.clone(memory_format=torch.contiguous_format)
     flat = out.view(-1)
+    n = flat.numel() * bits
     pmax = max(p01, p10)
     if pmax == 1.0:
         # every position is a candidate; keep the sparse random stream layout (used by tests only)
-        pos = torch.arange(flat.numel() * bits, device=codes.device)
+        pos = torch.arange(n, device=codes.device)
     else:
-        pos = _bernoulli_positions(flat.numel() * bits, pmax, generator, codes.device)
-    idx, bit = (pos, torch.zeros_like(pos)) if bits == 1 else _split_positions(pos, bits)
-    if p01 != p10:
-        # one uniform per candidate, whatever the code values: keep with probability p_v / pmax
-        u = torch.rand(pos.numel(), dtype=torch.float64, device=codes.device, generator=generator)
-        value = (flat.index_select(0, idx).to(torch.int64) >> bit) & 1
-        thresholds = torch.tensor([p01 / pmax, p10 / pmax], dtype=torch.float64, device=codes.device)
-        keep = u < thresholds[value]  # the threshold of the larger probability is exactly 1.0
-        idx, bit = idx[keep], bit[keep]
-    count = idx.numel()
+        pos = _bernoulli_positions(n, pmax, generator, codes.device)
+    count: int | Tensor = pos.numel()
     if count == 0:
         return out, 0
-    # one-hot bit masks (int32: native atomics for index_add_ on CUDA) from a table lookup
-    masks = _BIT_MASKS.to(codes.device).index_select(0, bit)
-    if bits > 1:
-        # positions are sorted, so the flips of one code are adjacent; distinct bits: sum == OR (<= 255)
-        idx, inverse = torch.unique_consecutive(idx, return_inverse=True)
-        masks = torch.zeros(idx.numel(), dtype=torch.int32, device=codes.device).index_add_(0, inverse, masks)
-    masks = masks.to(torch.uint8)  # exact: every mask is < 2**bits <= 256
-    masks = masks.view(torch.int8) if out.dtype == torch.int8 else masks.to(out.dtype)
-    # idx is unique: gather, xor, scatter back touches only the flipped codes
-    flat.scatter_(0, idx, flat.index_select(0, idx).bitwise_xor_(masks))
+    if bits == 1:
+        idx, value = pos, flat.index_select(0, pos)
+        delta = value.bitwise_xor(1).sub_(value)
+    else:
+        idx, bit = _split_positions(pos, bits)
+        mask = (1 << bit).to(out.dtype)  # exact: 2**7 wraps to -128 in int8, the bit pattern of 0x80
+        value = flat.index_select(0, idx)  # the original codes: nothing is written before the scatter
+        delta = value.bitwise_xor(mask).sub_(value)
+    if p01 != p10:
+        # one uniform per candidate, whatever the code values: keep with probability p_v / pmax
+        u = torch.rand(count, dtype=torch.float64, device=codes.device, generator=generator)
+        bit_value = value & 1 if bits == 1 else (value >> bit) & 1
+        keep = u < torch.where(bit_value.bool(), p10 / pmax, p01 / pmax)  # p_max / p_max is exactly 1.0
+        delta.mul_(keep)
+        count = keep.sum()
+    flat.scatter_add_(0, idx.to(torch.int64), delta)
     return out, count
 
 

@@ -165,7 +165,53 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="run (or resume) a search spec: Ray Tune + Optuna + MLflow")
+    p.add_argument("spec", help="search spec YAML (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    p.add_argument(
+        "--dry-run", action="store_true", help="validate the spec and print the plan; start nothing"
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (overrides the spec)")
+    p.add_argument("--storage", default=None, help="Ray Tune storage path (overrides the spec)")
+    p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    p.set_defaults(func=cmd_search)
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from search.runner import format_outcome, plan, resolve_storage_path, run_search
+    from search.spec import load_spec
+
+    spec = load_spec(args.spec)
+    tracking_uri = args.tracking_uri or spec.tracking.uri
+    storage = resolve_storage_path(args.storage or spec.storage.path)
+    if args.dry_run:
+        print(plan(spec, tracking_uri, storage))
+        return 0
+    print(plan(spec, tracking_uri, storage), flush=True)
+    outcome = run_search(
+        spec,
+        resume=args.resume,
+        tracking_uri=args.tracking_uri,
+        storage_path=args.storage,
+        ray_address=args.ray_address,
+        num_cpus=args.num_cpus,
+        verbose=0 if args.quiet else 1,
+    )
+    print(format_outcome(outcome, spec.objective.target_ber))
+    uri = outcome.tracking_uri
+    print(f"\nMLflow experiment {spec.experiment_name()!r} (id {outcome.experiment_id}) at {uri}")
+    if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
+        print(
+            f"open the UI with:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+        )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "search": _add_search,
     "train": _add_train,
     "evaluate": _add_evaluate,
     "list": _add_list,

@@ -1,0 +1,175 @@
+"""Optuna pruning inside Ray Tune: a ``TrialScheduler`` that asks an Optuna pruner.
+
+Optuna's ``Trial.report``/``should_prune`` raise for multi-objective studies, and Ray's ``OptunaSearch``
+hard-codes a ``NopPruner``; so pruning keeps its *own* single-objective study (``<study>-pruning`` in the
+same RDB storage, so it survives a driver restart) on one metric the spec names (default ``clean_acc``,
+maximized). Every epoch's value is reported at ``step = epoch``; when the pruner says so the scheduler
+returns ``STOP``. Finished trials are told COMPLETE with their last value (the pruners compare against
+those), stopped ones PRUNED, failed ones FAIL.
+
+Trials are identified by the Optuna number of the search study (``_optuna_number`` in the trial config),
+stored as the user attribute ``search_number``, so a trial re-run after a restart continues its record.
+Results without the metric (e.g. ``ber_acc`` measured every k epochs) are skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+from search.searcher import NUMBER_KEY
+
+logger = logging.getLogger(__name__)
+
+KEY_ATTR = "search_number"
+
+
+def trial_key(trial: Trial) -> str:
+    """The identity of a Tune trial across restarts: its search-study number, else its Tune id."""
+    number = trial.config.get(NUMBER_KEY)
+    return f"n{number}" if number is not None else f"t{trial.trial_id}"
+
+
+class OptunaPruningScheduler(FIFOScheduler):
+    """Stops trials an Optuna pruner would prune, judged on ``metric`` reported at ``step = result[step_key]``."""
+
+    def __init__(
+        self,
+        pruner: optuna.pruners.BasePruner,
+        metric: str = "clean_acc",
+        mode: str = "max",
+        study_name: str = "pruning",
+        storage: str | None = None,
+        step_key: str = "epoch",
+    ) -> None:
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode={mode!r} is not allowed: max or min")
+        self.pruner = pruner
+        self._metric = metric
+        self._mode = mode
+        self.study_name = study_name
+        self.storage = storage
+        self.step_key = step_key
+        self._study: optuna.Study | None = None
+        self._numbers: dict[str, int] = {}
+        self._finished: set[str] = set()
+        self.pruned: set[str] = set()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_study"] = None
+        return state
+
+    def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
+        return True  # we judge our own metric, whatever the Tuner's
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self._study = optuna.create_study(
+                study_name=self.study_name,
+                storage=self.storage,
+                direction="maximize" if self._mode == "max" else "minimize",
+                pruner=self.pruner,
+                load_if_exists=True,
+            )
+            for frozen in self._study.get_trials(deepcopy=False):
+                key = frozen.user_attrs.get(KEY_ATTR)
+                if key is not None:
+                    self._numbers[key] = frozen.number
+                    if frozen.state.is_finished():
+                        self._finished.add(key)
+        return self._study
+
+    def _optuna_trial(self, trial: Trial) -> tuple[str, optuna.Trial]:
+        key = trial_key(trial)
+        study = self.study
+        if key not in self._numbers:
+            ot = study.ask()
+            ot.set_user_attr(KEY_ATTR, key)
+            self._numbers[key] = ot.number
+            return key, ot
+        frozen = study.trials[self._numbers[key]]
+        return key, optuna.Trial(study, frozen._trial_id)
+
+    def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
+        value = result.get(self._metric)
+        step = result.get(self.step_key)
+        if value is None or step is None or result.get("final"):
+            return TrialScheduler.CONTINUE
+        key, ot = self._optuna_trial(trial)
+        if key in self._finished:
+            return TrialScheduler.CONTINUE
+        value = float(value)
+        if not math.isfinite(value):
+            return TrialScheduler.CONTINUE
+        ot.report(value, int(step))
+        if ot.should_prune():
+            logger.info(
+                "pruning trial %s at %s=%s (%s=%.4f)", trial, self.step_key, step, self._metric, value
+            )
+            self.pruned.add(key)
+            self._tell(key, TrialState.PRUNED)
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def _tell(self, key: str, state: TrialState, value: float | None = None) -> None:
+        if key in self._finished or key not in self._numbers:
+            return
+        try:
+            if state == TrialState.COMPLETE:
+                self.study.tell(self._numbers[key], value, state=state)
+            else:
+                self.study.tell(self._numbers[key], state=state)
+        except Exception as exc:  # already finished in storage
+            logger.debug("pruning study tell %s: %s", key, exc)
+        self._finished.add(key)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        key = trial_key(trial)
+        if key in self._finished:
+            return
+        value = result.get(self._metric) if result else None
+        if result and result.get("final") and value is not None and math.isfinite(float(value)):
+            if key not in self._numbers:
+                self._optuna_trial(trial)
+            self._tell(key, TrialState.COMPLETE, float(value))
+        else:
+            self._tell(key, TrialState.PRUNED)
+
+    def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        self._tell(trial_key(trial), TrialState.FAIL)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        self._tell(trial_key(trial), TrialState.PRUNED)
+
+    def debug_string(self) -> str:
+        return f"OptunaPruningScheduler({type(self.pruner).__name__} on {self._metric}, pruned {len(self.pruned)})"
+
+
+def make_pruner(
+    name: str, options: dict[str, Any] | None = None, patience: int | None = None
+) -> optuna.pruners.BasePruner:
+    """Build an Optuna pruner by name: ``none``, ``median``, ``percentile``, ``successive_halving``/``sha``;
+    ``patience`` wraps it in ``PatientPruner``."""
+    options = dict(options or {})
+    pruners = {
+        "none": optuna.pruners.NopPruner,
+        "median": optuna.pruners.MedianPruner,
+        "percentile": optuna.pruners.PercentilePruner,
+        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
+        "sha": optuna.pruners.SuccessiveHalvingPruner,
+    }
+    if name not in pruners:
+        raise ValueError(f"pruner {name!r} is unknown: choose one of {', '.join(pruners)}")
+    pruner = pruners[name](**options)
+    if patience is not None:
+        pruner = optuna.pruners.PatientPruner(pruner, patience=patience)
+    return pruner

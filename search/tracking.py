@@ -1,0 +1,278 @@
+"""MLflow tracking of a search, written by the driver only (a SQLite store tolerates one writer).
+
+Layout (documented in README "MLflow layout"; ``analysis/`` reads it):
+
+* one **experiment** per spec (``tracking.experiment``, default the spec's name);
+* one **parent run** per (architecture, bits), tags ``mcel.role=parent``, ``mcel.study=<spec>-<arch>-<bits>b``,
+  ``arch``, ``bits``, ``dataset``; params: the flattened spec;
+* one **child run** per trial (``mlflow.parentRunId`` = the parent), tags ``mcel.role=trial`` (or
+  ``baseline`` for the CEL baseline), ``mcel.trial_key`` (study + Optuna number: the trial's identity across
+  retries and driver restarts), ``mcel.optuna_number``, ``mcel.tune_trial_id``, ``arch``, ``bits``,
+  ``dataset``, ``loss``, ``mcel.state`` (``running`` / ``completed`` / ``pruned`` / ``errored``) and
+  ``mcel.error`` for errored trials; params: the searched values (``loss``, ``margin``, ``b``,
+  ``logit_scale``, ``relative_separation`` = m/(2b)) and the fixed settings (``train.*``, ``objective.*``);
+  metrics per epoch with ``step=epoch`` (``train_loss``, ``train_acc``, ``mlm``, ``lr``, ``clean_acc``,
+  ``ber_acc``, ``ber_acc_std``, ...); at the end the BER curve as metrics ``ber_acc_at_<ber>``,
+  ``ber_acc_std_at_<ber>``, ``ber_acc_min_at_<ber>`` (MLflow forbids ``@`` in metric names) and artifacts
+  ``checkpoint/model.pt`` (loads with ``weights_only=True``), ``ber_curve.csv`` (one row per BER and
+  repetition) and ``summary.json``.
+
+A trial's run is found again by ``mcel.trial_key`` after a retry or a driver restart, and epochs already
+logged are not logged twice, so a resumed search never duplicates a run or a metric point.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+from ray.tune import Callback
+from ray.tune.experiment import Trial
+
+from search.pruning import trial_key
+from search.searcher import NUMBER_KEY
+
+logger = logging.getLogger(__name__)
+
+EPOCH_METRICS_SKIP = {
+    "epoch",
+    "final",
+    "done",
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+}
+TRIAL_PARAM_KEYS = ("loss", "margin", "b", "logit_scale")
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    """The id of experiment ``name``, created if absent (restored if deleted)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name)
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> str | None:
+    """The id of the run in ``experiment_id`` carrying all ``tags`` (the oldest if several), else None."""
+    flt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs(
+        [experiment_id], filter_string=flt, order_by=["attributes.start_time ASC"], max_results=5
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def parent_run(
+    client: MlflowClient, experiment_id: str, study: str, tags: dict[str, str], params: dict[str, Any]
+) -> str:
+    """Find or create the parent run of ``study``."""
+    found = find_run(client, experiment_id, {"mcel.role": "parent", "mcel.study": study})
+    if found:
+        return found
+    run = client.create_run(
+        experiment_id, run_name=study, tags={"mcel.role": "parent", "mcel.study": study, **tags}
+    )
+    _log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    items = [Param(k, _param_value(v)) for k, v in params.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100])
+
+
+def _param_value(value: Any) -> str:
+    text = "null" if value is None else str(value)
+    return text[:6000]
+
+
+def ber_metric_name(kind: str, ber: float) -> str:
+    """``ber_acc_at_0.01``-style metric name for a BER curve point (``kind`` is ber_acc, ber_acc_std, ...)."""
+    return f"{kind}_at_{ber:g}"
+
+
+class MlflowTrialLogger(Callback):
+    """Ray Tune callback (driver side) that writes the MLflow layout described in the module docstring."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        study: str,
+        tags: dict[str, str],
+        params: dict[str, Any],
+        role: str = "trial",
+    ) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.study = study
+        self.tags = dict(tags)
+        self.params = dict(params)
+        self.role = role
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+        self._last_step: dict[str, int] = {}
+        self._checkpoints: dict[str, Any] = {}
+        self._closed: set[str] = set()
+        self._nodes: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_client=None, _runs={}, _last_step={}, _checkpoints={}, _closed=set(), _nodes={})
+        return state
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def _key(self, trial: Trial) -> str:
+        return f"{self.study}#{trial_key(trial) if self.role == 'trial' else 'baseline'}"
+
+    def run_id(self, trial: Trial) -> str:
+        """The child run of ``trial`` (found by its key, else created with params and tags)."""
+        key = self._key(trial)
+        if key in self._runs:
+            return self._runs[key]
+        found = find_run(self.client, self.experiment_id, {"mcel.trial_key": key})
+        if found:
+            self._runs[key] = found
+            history = self.client.get_metric_history(found, "train_loss")
+            self._last_step[found] = max((m.step for m in history), default=0)
+            self.client.set_tag(found, "mcel.tune_trial_id", trial.trial_id)
+            return found
+        config = trial.config
+        number = config.get(NUMBER_KEY)
+        tags = {
+            "mlflow.parentRunId": self.parent_run_id,
+            "mcel.role": self.role,
+            "mcel.study": self.study,
+            "mcel.trial_key": key,
+            "mcel.tune_trial_id": trial.trial_id,
+            "mcel.state": "running",
+            "loss": str(config.get("loss")),
+            **self.tags,
+        }
+        if number is not None:
+            tags["mcel.optuna_number"] = str(number)
+        name = f"{self.tags.get('arch')}-{self.tags.get('bits')}b-{config.get('loss')}-" + (
+            f"t{number}" if number is not None else self.role
+        )
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run_id = run.info.run_id
+        params = {k: config[k] for k in TRIAL_PARAM_KEYS if k in config}
+        if config.get("margin") is not None and config.get("b"):
+            params["relative_separation"] = float(config["margin"]) / (2.0 * float(config["b"]))
+        _log_params(self.client, run_id, {**self.params, **params})
+        self._runs[key] = run_id
+        self._last_step[run_id] = 0
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, "mcel.state", "running")
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
+    ) -> None:
+        run_id = self.run_id(trial)
+        node = result.get("node_id")
+        if node and self._nodes.get(run_id) != node:
+            self.client.set_tag(run_id, "mcel.node_id", str(node))
+            self._nodes[run_id] = node
+        step = int(result.get("epoch", result.get("training_iteration", 0)))
+        if step <= self._last_step.get(run_id, 0) and not result.get("final"):
+            return
+        ts = int(result.get("timestamp", 0) * 1000) or 0
+        metrics = [
+            Metric(k, float(v), ts, step)
+            for k, v in result.items()
+            if k not in EPOCH_METRICS_SKIP
+            and isinstance(v, int | float)
+            and not isinstance(v, bool)
+            and math.isfinite(float(v))
+            and (
+                k in ("train_loss", "train_acc", "mlm", "lr", "clean_acc")
+                or k.startswith(("ber_acc", "test_margin"))
+            )
+        ]
+        if step > self._last_step.get(run_id, 0):
+            metrics.append(Metric("epoch", float(step), ts, step))
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        self._last_step[run_id] = max(step, self._last_step.get(run_id, 0))
+
+    def on_checkpoint(
+        self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info: Any
+    ) -> None:
+        self._checkpoints[self._key(trial)] = checkpoint
+
+    def _latest_checkpoint(self, trial: Trial) -> Any:
+        return self._checkpoints.get(self._key(trial)) or trial.checkpoint
+
+    def _upload(self, run_id: str, trial: Trial) -> dict | None:
+        """Upload model.pt / ber_curve.csv / summary.json of the latest checkpoint; returns the summary."""
+        checkpoint = self._latest_checkpoint(trial)
+        if checkpoint is None:
+            return None
+        import json
+
+        summary = None
+        with checkpoint.as_directory() as d:
+            d = Path(d)
+            if (d / "model.pt").exists():
+                self.client.log_artifact(run_id, str(d / "model.pt"), artifact_path="checkpoint")
+            for name in ("ber_curve.csv", "summary.json"):
+                if (d / name).exists():
+                    self.client.log_artifact(run_id, str(d / name))
+            if (d / "summary.json").exists():
+                summary = json.loads((d / "summary.json").read_text())
+        return summary
+
+    def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        if run_id in self._closed:
+            return
+        final = bool(trial.last_result.get("final"))
+        summary = self._upload(run_id, trial)
+        if final and summary:
+            ts = int(trial.last_result.get("timestamp", 0) * 1000)
+            step = int(trial.last_result.get("epoch", 0))
+            metrics = []
+            for point in summary["ber_curve"]:
+                for kind, key in (("ber_acc", "mean"), ("ber_acc_std", "std"), ("ber_acc_min", "min")):
+                    metrics.append(Metric(ber_metric_name(kind, point["ber"]), float(point[key]), ts, step))
+            self.client.log_batch(run_id, metrics=metrics)
+        self.client.set_tag(run_id, "mcel.state", "completed" if final else "pruned")
+        self.client.set_terminated(run_id, "FINISHED")
+        self._closed.add(run_id)
+
+    def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        message = _error_message(trial)
+        self.client.set_tag(run_id, "mcel.state", "errored")
+        self.client.set_tag(run_id, "mcel.error", message[:5000])
+        self._upload(run_id, trial)
+        self.client.set_terminated(run_id, "FAILED")
+        self._closed.add(run_id)
+
+
+def _error_message(trial: Trial) -> str:
+    for attr in ("error_file",):
+        path = getattr(trial, attr, None)
+        if path and Path(path).exists():
+            lines = [ln for ln in Path(path).read_text().splitlines() if ln.strip()]
+            if lines:
+                return lines[-1]
+    return str(getattr(trial, "error_msg", None) or "trial failed")

@@ -1,0 +1,195 @@
+"""The Ray Tune trial: train one (arch, bits, loss, margin, b, logit scale) configuration, report every epoch.
+
+Every epoch it reports ``epoch``, ``train_loss``, ``train_acc``, ``mlm``, ``lr``, ``clean_acc`` and, every
+``objective.every`` epochs and always at the last, the accuracy under bit errors at the target BER over
+``objective.reps`` shared realizations: ``ber_acc`` / ``ber_acc_std`` when measured on the full test set,
+``ber_acc_sub<N>`` / ``ber_acc_sub<N>_std`` when measured on the first N test samples (``objective.subset``,
+intermediate epochs only). The last epoch also computes the BER curve (``sweep.bers`` x ``sweep.reps``) and
+the test-set margins, and carries ``final: True``; a trial without a final result was pruned.
+
+Each report carries a checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format),
+``trainer.pt`` (optimizer, scheduler and history, to resume), and at the end ``ber_curve.csv`` (one row per
+BER and repetition) and ``summary.json``. A trial restarted after a failure resumes from its last one.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from core.checkpoint import save_checkpoint
+from core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margin_statistics
+from core.experiment import TrialSpec, build, checkpoint_meta
+from core.training import TrainConfig, Trainer
+from search.searcher import NUMBER_KEY
+
+TRAINER_FILE = "trainer.pt"
+MODEL_FILE = "model.pt"
+CURVE_FILE = "ber_curve.csv"
+SUMMARY_FILE = "summary.json"
+
+
+def _device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        import ray
+
+        if ray.get_gpu_ids() and torch.cuda.is_available():
+            return "cuda"
+    except Exception:
+        pass
+    return "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu"
+
+
+def trial_spec(config: dict[str, Any], context: dict[str, Any]) -> TrialSpec:
+    """The :class:`TrialSpec` of a trial: fixed ``context`` (arch, bits, data, train) + searched ``config``."""
+    train = dict(context["train"])
+    train["device"] = _device(train.get("device", "auto"))
+    data = context["data"]
+    return TrialSpec(
+        arch=context["arch"],
+        dataset=data["name"],
+        bits=context["bits"],
+        loss=config["loss"],
+        margin=config.get("margin"),
+        b=config.get("b"),
+        logit_scale=float(config.get("logit_scale", 1.0)),
+        train=TrainConfig(**train),
+        data_root=data.get("root"),
+        split_seed=data.get("split_seed", 0),
+        limit_train=data.get("limit_train"),
+        limit_test=data.get("limit_test"),
+    )
+
+
+def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+    """Ray Tune function trainable; ``context`` is bound with ``tune.with_parameters``."""
+    cpus = int(context.get("cpus_per_trial", 1) or 1)
+    torch.set_num_threads(max(1, cpus))
+    spec = trial_spec(config, context)
+    objective = context["objective"]
+    sweep = context["sweep"]
+    model, loss_fn, data = build(spec)
+    trainer = Trainer(model, data.train, loss_fn, spec.train)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.load_state_dict(
+                torch.load(Path(d) / TRAINER_FILE, map_location=trainer.device, weights_only=True)
+            )
+    test = cache_batches(data.test, trainer.device)
+    subset_n = objective.get("subset")
+    subset = _first_samples(test, subset_n) if subset_n else None
+    epochs = spec.train.epochs
+    every = int(objective.get("every", 1))
+    meta_base = {"search_number": config.get(NUMBER_KEY), "study": context.get("study")}
+
+    # A trial restored after its last epoch (the driver died before recording it) reports its final result
+    # again from the trained weights instead of training further.
+    replay_final = trainer.epoch >= epochs and bool(trainer.history)
+    while replay_final or trainer.epoch < epochs:
+        stats = trainer.history[-1] if replay_final else trainer.train_epoch()
+        replay_final = False
+        final = trainer.epoch >= epochs
+        metrics: dict[str, Any] = {
+            "node_id": _node_id(),
+            "epoch": trainer.epoch,
+            "train_loss": stats.train_loss,
+            "train_acc": stats.train_acc,
+            "mlm": stats.mlm,
+            "lr": stats.lr,
+            "clean_acc": evaluate_accuracy(trainer.model, test),
+        }
+        if final or trainer.epoch % every == 0:
+            use_subset = subset is not None and not final
+            batches = subset if use_subset else test
+            result = ber_sweep(
+                trainer.model,
+                batches,
+                [objective["target_ber"]],
+                objective["reps"],
+                objective["seed"],
+                p10=objective.get("p10"),
+            )
+            name = f"ber_acc_sub{subset_n}" if use_subset else "ber_acc"
+            s = result.summary[0]
+            metrics[name] = s.mean
+            metrics[f"{name}_std"] = s.std
+            metrics[f"{name}_min"] = s.min
+        with tempfile.TemporaryDirectory() as tmp:
+            tmpdir = Path(tmp)
+            torch.save(trainer.state_dict(), tmpdir / TRAINER_FILE)
+            if final:
+                curve = ber_sweep(
+                    trainer.model,
+                    test,
+                    sweep["bers"],
+                    sweep["reps"],
+                    objective["seed"],
+                    p10=objective.get("p10"),
+                )
+                margins = margin_statistics(trainer.model, test)
+                _write_curve(tmpdir / CURVE_FILE, curve.records)
+                margin_summary = {k: v for k, v in margins.items() if k != "margins"}
+                metrics.update(
+                    {f"test_margin_{k}": v for k, v in margin_summary.items() if isinstance(v, float)}
+                )
+                summary = {
+                    "metrics": metrics,
+                    "ber_curve": [vars(s) for s in curve.summary],
+                    "objective_records": [
+                        {"rep": r["rep"], "seed": r["seed"], "accuracy": r["accuracy"]}
+                        for r in result.records
+                    ],
+                    "test_margins": margin_summary,
+                    "margins": margins["margins"],
+                    "history": [h.to_dict() for h in trainer.history],
+                }
+                (tmpdir / SUMMARY_FILE).write_text(json.dumps(summary, default=str))
+                metrics["final"] = True
+            save_checkpoint(
+                tmpdir / MODEL_FILE,
+                trainer.model,
+                checkpoint_meta(
+                    spec,
+                    data,
+                    {**meta_base, **{k: v for k, v in metrics.items() if isinstance(v, int | float)}},
+                ),
+            )
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _node_id() -> str:
+    """The Ray node this trial runs on (reported so users and tests can see placement)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:
+        return "local"
+
+
+def _first_samples(batches: list, n: int) -> list:
+    out, left = [], n
+    for x, y in batches:
+        if left <= 0:
+            break
+        out.append((x[:left], y[:left]))
+        left -= y.shape[0]
+    return out
+
+
+def _write_curve(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["ber", "rep", "seed", "accuracy"])
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: r[k] for k in ("ber", "rep", "seed", "accuracy")})
