@@ -30,6 +30,11 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## The main job: a real search on the embedded digits data (local Ray, local MLflow store ./mlflow.db).
+## --resume makes it idempotent: a second `make demo` continues or re-reports the same search.
+demo: $(STAMP)
+	$(BIN)/mcel search configs/quickstart.yaml --resume
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_flips.py
 

@@ -62,7 +62,9 @@ _MASK64 = (1 << 64) - 1
 _TWO63 = float(1 << 63)
 _BATCH_SIGMAS = 6.0  # a batch of geometric steps covers its range unless the count is 6 sigma low
 _BATCH_EXTRA = 16
-_INT32_LIMIT = 1 << 31  # positions below this fit int32
+_TWO52 = float(1 << 52)
+_TWO52_BITS = 0x433 << 52  # the bit pattern of the float64 2**52
+_MANTISSA = (1 << 52) - 1  # a float64 in [2**52, 2**53) is 2**52 plus its mantissa bits
 _SEED_MULTIPLIER = 0xD1B54A32D192ED03  # odd: h -> h * K is a bijection mod 2**64
 
 Method = Literal["auto", "sparse", "dense"]
@@ -157,50 +159,57 @@ def _flip_bits_counted(
         return _flip_dense(codes, bits, p01, p10, generator, count)
 
 
-def _bernoulli_positions(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
-    """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process, ``0 < p < 1``, ``n < 2**53``.
+def _bernoulli_ends(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
+    """``2**52 + position`` for the sorted positions in ``[0, n)`` of a Bernoulli(``p``) process, as the
+    int64 bit patterns of those float64 numbers: ``0x433 << 52 | position`` (``0 < p < 1``, ``n <= 2**52``).
 
     Steps between successive events ``ceil(log(U) / log1p(-p))`` with ``U = rand`` (float64, 53 random
     bits, in [0, 1)) are geometric on {1, 2, ...}: ``P(step > k) = P(U < (1 - p)**k) = (1 - p)**k``.
     ``U = 0`` (probability 2**-53) gives an infinite step, which just ends the range. The positions are
-    the partial sums of the steps minus 1 (the first step is lowered by 1, so one cumsum gives them),
-    summed in float64, exact for integers below 2**53; those ``<= n - 1`` are kept. Batches of
+    the partial sums of the steps minus 1; one float64 ``cumsum`` starting from ``2**52 - 1`` (added to
+    the first step) gives ``2**52 + position``, an exact integer below ``2**53``, whose bit pattern holds
+    the position in its 52 mantissa bits: reading them (``view(int64)``, then a mask or shift) replaces a
+    float-to-integer conversion. The sums ``<= 2**52 + n - 1`` are kept. Batches of
     ``m p + 6 sqrt(m p) + 16`` steps for ``m`` uncovered positions are drawn, so a second batch is needed
-    only with probability of order 1e-9. Returned as int32 if ``n <= 2**31`` (cheaper to convert and to
-    index with), else int64.
+    only with probability of order 1e-9.
     """
     log_q = math.log1p(-p)
     inv_log_q = 1.0 / log_q  # -inf only for p below ~1e-308, where the division is kept
-    index_dtype = torch.int32 if n <= _INT32_LIMIT else torch.int64
-    last = float(n - 1)
+    last = _TWO52 + (n - 1)  # exact: n <= 2**52
     pieces: list[Tensor] = []
-    start = -1.0  # the last position so far (none yet: -1)
+    start = _TWO52 - 1.0  # 2**52 + the last position so far (none yet: -1)
     while True:
         expected = (last - start) * p
         size = max(1, math.ceil(expected + _BATCH_SIGMAS * math.sqrt(expected) + _BATCH_EXTRA))
         steps = torch.rand(size, dtype=torch.float64, device=device, generator=generator).log_()
         steps = steps.mul_(inv_log_q) if math.isfinite(inv_log_q) else steps.div_(log_q)
         steps.ceil_()[:1].add_(start)
-        pos = torch.cumsum(steps, 0, out=steps)
-        inside = int(torch.searchsorted(pos, last, right=True))
-        pieces.append(pos[:inside].to(index_dtype))
+        ends = torch.cumsum(steps, 0, out=steps)
+        inside = int(torch.searchsorted(ends, last, right=True))
+        pieces.append(ends[:inside])
         if inside < size:
             break
-        start = float(pos[-1])
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        start = float(ends[-1])
+    ends = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    return ends.view(torch.int64)
+
+
+def _bernoulli_positions(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
+    """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process as int64 (see :func:`_bernoulli_ends`)."""
+    return _bernoulli_ends(n, p, generator, device) & _MANTISSA
 
 
 def _split_positions(pos: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """``(pos // bits, pos % bits)`` for non-negative integer ``pos < 2**49``, in the dtype of ``pos``.
+    """``(pos // bits, pos % bits)`` for non-negative integer ``pos < 2**49``.
 
-    Powers of two use shifts. Otherwise float64 division (integer division is several times slower):
+    Powers of two use shifts. Otherwise float64 division (int64 division is several times slower):
     ``pos / bits = q + r / bits`` is at least ``1 / bits`` away from ``q + 1`` while the rounding error is
     below ``(q + 1) * 2**-52``, so truncating the rounded quotient gives ``q`` exactly.
     """
     if bits & (bits - 1) == 0:
         shift = bits.bit_length() - 1
         return pos >> shift, pos & (bits - 1)
-    idx = (pos.to(torch.float64) / bits).to(pos.dtype)
+    idx = (pos.to(torch.float64) / bits).to(torch.int64)
     return idx, pos - idx * bits
 
 
@@ -209,40 +218,52 @@ def _flip_sparse(
 ) -> tuple[Tensor, int | Tensor]:
     """Sparse exact sampler: geometric gaps at rate ``pmax``, then thinning (module docstring).
 
-    Each candidate flip of bit ``b`` of code ``c`` (original value) changes ``c`` by
-    ``delta = (c ^ (1 << b)) - c``, i.e. ``+2**b`` or ``-2**b``. The bits flipped in one code are
-    distinct, so the sum of their deltas is ``(c ^ mask) - c`` for the XOR ``mask`` of all of them (in
-    the modular arithmetic of the integer dtype): the deltas are added with ``scatter_add_``, which
-    merges several flips of one code without sorting or deduplicating. A thinned-out candidate adds 0.
+    A flip of bit ``b`` of a code holding ``c`` changes it by ``delta = (c ^ (1 << b)) - c`` (that is
+    ``+2**b`` or ``-2**b``). The bits flipped in one code are distinct, so the sum of their deltas is
+    ``(c ^ mask) - c`` for the XOR ``mask`` of all of them (in the wrap-around arithmetic of the integer
+    dtype): one ``scatter_add_`` of the deltas applies all flips, several in one code included, with no
+    sorting or deduplication. A candidate dropped by the thinning adds 0.
     """
-    out = codes.clone(memory_format=torch.contiguous_format)
-    flat = out.view(-1)
-    n = flat.numel() * bits
+    n = codes.numel() * bits
     pmax = max(p01, p10)
+    device = codes.device
+    out = codes.clone(memory_format=torch.contiguous_format)
     if pmax == 1.0:
         # every position is a candidate; keep the sparse random stream layout (used by tests only)
-        pos = torch.arange(n, device=codes.device)
+        ends = torch.arange(n, device=device) | _TWO52_BITS
     else:
-        pos = _bernoulli_positions(n, pmax, generator, codes.device)
-    count: int | Tensor = pos.numel()
+        ends = _bernoulli_ends(n, pmax, generator, device)
+    # index and one-hot mask of every candidate, before the copy (which then is still in cache)
+    if bits == 1:
+        idx, mask8 = ends & _MANTISSA, None
+    elif bits & (bits - 1) == 0:
+        shift = bits.bit_length() - 1
+        idx = (ends >> shift).bitwise_and_(_MANTISSA >> shift)
+        # the low byte of the bit pattern is the low byte of the position (uint8 conversion wraps)
+        mask8 = 1 << ends.to(torch.uint8).bitwise_and_(bits - 1)
+    else:
+        idx, bit = _split_positions(ends & _MANTISSA, bits)
+        mask8 = 1 << bit.to(torch.uint8)
+    count: int | Tensor = idx.numel()
     if count == 0:
         return out, 0
-    if bits == 1:
-        idx, value = pos, flat.index_select(0, pos)
-        delta = value.bitwise_xor(1).sub_(value)
+    flat = out.view(-1)
+    value = flat.gather(0, idx)  # the clean codes: nothing is written before the scatter
+    if mask8 is None:
+        mask: Tensor | int = 1
     else:
-        idx, bit = _split_positions(pos, bits)
-        mask = (1 << bit).to(out.dtype)  # exact: 2**7 wraps to -128 in int8, the bit pattern of 0x80
-        value = flat.index_select(0, idx)  # the original codes: nothing is written before the scatter
-        delta = value.bitwise_xor(mask).sub_(value)
+        # exact: 0x80 is -128 in int8; the other dtypes hold every mask value
+        mask = mask8.view(torch.int8) if out.dtype == torch.int8 else mask8.to(out.dtype)
     if p01 != p10:
         # one uniform per candidate, whatever the code values: keep with probability p_v / pmax
-        u = torch.rand(count, dtype=torch.float64, device=codes.device, generator=generator)
-        bit_value = value & 1 if bits == 1 else (value >> bit) & 1
-        keep = u < torch.where(bit_value.bool(), p10 / pmax, p01 / pmax)  # p_max / p_max is exactly 1.0
-        delta.mul_(keep)
+        u = torch.rand(count, dtype=torch.float64, device=device, generator=generator)
+        is_one = (value & mask) != 0
+        keep = u < torch.where(is_one, p10 / pmax, p01 / pmax)  # p_max / p_max is exactly 1.0
+        delta = (value ^ mask).sub_(value).mul_(keep)
         count = keep.sum()
-    flat.scatter_add_(0, idx.to(torch.int64), delta)
+    else:
+        delta = (value ^ mask).sub_(value)
+    flat.scatter_add_(0, idx, delta)
     return out, count
 
 

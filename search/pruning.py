@@ -152,24 +152,3 @@ class OptunaPruningScheduler(FIFOScheduler):
 
     def debug_string(self) -> str:
         return f"OptunaPruningScheduler({type(self.pruner).__name__} on {self._metric}, pruned {len(self.pruned)})"
-
-
-def make_pruner(
-    name: str, options: dict[str, Any] | None = None, patience: int | None = None
-) -> optuna.pruners.BasePruner:
-    """Build an Optuna pruner by name: ``none``, ``median``, ``percentile``, ``successive_halving``/``sha``;
-    ``patience`` wraps it in ``PatientPruner``."""
-    options = dict(options or {})
-    pruners = {
-        "none": optuna.pruners.NopPruner,
-        "median": optuna.pruners.MedianPruner,
-        "percentile": optuna.pruners.PercentilePruner,
-        "successive_halving": optuna.pruners.SuccessiveHalvingPruner,
-        "sha": optuna.pruners.SuccessiveHalvingPruner,
-    }
-    if name not in pruners:
-        raise ValueError(f"pruner {name!r} is unknown: choose one of {', '.join(pruners)}")
-    pruner = pruners[name](**options)
-    if patience is not None:
-        pruner = optuna.pruners.PatientPruner(pruner, patience=patience)
-    return pruner

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.spec import SearchSpec, flatten, spec_to_dict
+from search.spec import SearchSpec, create_pruner, create_sampler, flatten, spec_to_dict
 
 logger = logging.getLogger(__name__)
 
@@ -211,14 +211,15 @@ def run_search(
     from ray import tune
     from ray.tune import TuneConfig
 
-    from search.pruning import OptunaPruningScheduler, make_pruner
+    from search.pruning import OptunaPruningScheduler
     from search.searcher import PruningAwareOptunaSearch, SearchSpace
     from search.tracking import MlflowTrialLogger, get_or_create_experiment, parent_run
     from search.trainable import mcel_trial
 
     tracking_uri = _resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     storage_path = resolve_storage_path(storage_path or spec.storage.path)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot often: a killed driver loses little
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna_url = _optuna_storage(spec, storage_path)
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.experiment_name())
@@ -254,7 +255,7 @@ def run_search(
                 verbose=verbose,
             )
             tuner.fit()
-        sampler = _sampler(spec)
+        sampler = create_sampler(spec.sampler)
         rdb = optuna.storages.RDBStorage(optuna_url)
         searcher = PruningAwareOptunaSearch(
             space=SearchSpace(spec.losses, _space_tuples(spec)),
@@ -265,7 +266,7 @@ def run_search(
             study_name=study,
         )
         scheduler = OptunaPruningScheduler(
-            make_pruner(spec.pruner.name, dict(spec.pruner.options), spec.pruner.patience),
+            create_pruner(spec.pruner),
             metric=spec.pruner.metric,
             mode=spec.pruner.mode,
             study_name=f"{study}-pruning",
@@ -302,17 +303,6 @@ def trial_dirname(trial: Any) -> str:
     """Short trial directory names (Tune's default embeds every parameter)."""
     number = trial.config.get("_optuna_number")
     return f"trial_{number:03d}_{trial.trial_id}" if number is not None else f"trial_{trial.trial_id}"
-
-
-def _sampler(spec: SearchSpec) -> Any:
-    import optuna
-
-    opts = dict(spec.sampler.options)
-    if spec.sampler.name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=spec.sampler.seed, **opts)
-    if spec.sampler.name == "tpe":
-        return optuna.samplers.TPESampler(seed=spec.sampler.seed, **opts)
-    return optuna.samplers.RandomSampler(seed=spec.sampler.seed, **opts)
 
 
 def _reconcile_optuna(url: str, study: str, grid: Any) -> None:

@@ -148,6 +148,8 @@ class MlflowTrialLogger(Callback):
         found = find_run(self.client, self.experiment_id, {"mcel.trial_key": key})
         if found:
             self._runs[key] = found
+            if self.client.get_run(found).data.tags.get("mcel.state") in ("completed", "pruned", "errored"):
+                self._closed.add(found)  # finished before a driver restart: nothing more to log
             history = self.client.get_metric_history(found, "train_loss")
             self._last_step[found] = max((m.step for m in history), default=0)
             self.client.set_tag(found, "mcel.tune_trial_id", trial.trial_id)
@@ -181,7 +183,8 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_id(trial)
-        self.client.set_tag(run_id, "mcel.state", "running")
+        if run_id not in self._closed:
+            self.client.set_tag(run_id, "mcel.state", "running")
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
@@ -192,8 +195,8 @@ class MlflowTrialLogger(Callback):
             self.client.set_tag(run_id, "mcel.node_id", str(node))
             self._nodes[run_id] = node
         step = int(result.get("epoch", result.get("training_iteration", 0)))
-        if step <= self._last_step.get(run_id, 0) and not result.get("final"):
-            return
+        if step <= self._last_step.get(run_id, 0):
+            return  # already logged (a retry or a resumed search replays epochs from its last checkpoint)
         ts = int(result.get("timestamp", 0) * 1000) or 0
         metrics = [
             Metric(k, float(v), ts, step)
@@ -260,6 +263,8 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_id(trial)
+        if run_id in self._closed:
+            return
         message = _error_message(trial)
         self.client.set_tag(run_id, "mcel.state", "errored")
         self.client.set_tag(run_id, "mcel.error", message[:5000])

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -72,6 +73,7 @@ def trial_spec(config: dict[str, Any], context: dict[str, Any]) -> TrialSpec:
 
 def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     """Ray Tune function trainable; ``context`` is bound with ``tune.with_parameters``."""
+    logging.getLogger("ray").setLevel(logging.WARNING)  # no "Checkpoint successfully created" per epoch
     cpus = int(context.get("cpus_per_trial", 1) or 1)
     torch.set_num_threads(max(1, cpus))
     spec = trial_spec(config, context)

@@ -1,0 +1,254 @@
+"""Real searches: local Ray, a real MLflow tracking server process on 127.0.0.1, real Optuna studies.
+
+Small model (small_cnn on digits), few epochs, so each search takes well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from core.checkpoint import load_checkpoint
+from search.runner import run_search
+from search.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+
+def base_spec(name: str, tmp_path: Path, tracking_uri: str, **over) -> dict:
+    spec = {
+        "name": name,
+        "dataset": "digits",
+        "architectures": ["small_cnn"],
+        "bits": [4],
+        "losses": ["mcel"],
+        "space": {"margin": {"choice": [1, 2, 4]}, "b": {"choice": [4.0, 8.0]}},
+        "train": {"epochs": 3, "batch_size": 64, "step_size": 2, "device": "cpu"},
+        "objective": {"target_ber": 0.01, "reps": 3},
+        "sweep": {"bers": [0.0, 0.01, 0.05], "reps": 3},
+        "trials_per_arch": 6,
+        "concurrency": 2,
+        "sampler": {"name": "random", "seed": 1},
+        "pruner": {"name": "none"},
+        "tracking": {"uri": tracking_uri, "experiment": name},
+        "storage": {"path": str(tmp_path / "ray")},
+    }
+    spec.update(over)
+    return spec
+
+
+def child_runs(client: MlflowClient, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mcel.role") != "parent"]
+
+
+def test_search_tracks_every_trial_in_mlflow_and_optuna(tmp_path, mlflow_server, local_ray) -> None:
+    spec = parse_spec(base_spec("e2e", tmp_path, mlflow_server.uri))
+    outcome = run_search(spec, verbose=0)
+    client = MlflowClient(mlflow_server.uri)
+    runs = child_runs(client, "e2e")
+    trials = [r for r in runs if r.data.tags["mcel.role"] == "trial"]
+    baselines = [r for r in runs if r.data.tags["mcel.role"] == "baseline"]
+    assert len(trials) == 6 and len(baselines) == 1
+    parent = client.search_runs([outcome.experiment_id], filter_string="tags.`mcel.role` = 'parent'")
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    study = optuna.load_study(
+        study_name="e2e-small_cnn-4b",
+        storage=spec.optuna_storage()
+        if spec.storage.optuna
+        else f"sqlite:///{tmp_path / 'ray' / 'e2e' / 'optuna.db'}",
+    )
+    by_number = {t.number: t for t in study.trials}
+    assert sorted(by_number) == list(range(6))
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        assert tags["mlflow.parentRunId"] == parent[0].info.run_id
+        assert tags["arch"] == "small_cnn" and tags["bits"] == "4" and tags["dataset"] == "digits"
+        assert tags["mcel.state"] == "completed"
+        assert params["train.epochs"] == "3" and "loss" in params
+        hist = client.get_metric_history(run.info.run_id, "clean_acc")
+        assert sorted(m.step for m in hist) == [1, 2, 3]
+        for name in ("train_loss", "mlm", "ber_acc", "ber_acc_std"):
+            assert len(client.get_metric_history(run.info.run_id, name)) == 3, name
+        for ber in ("0", "0.01", "0.05"):
+            assert f"ber_acc_at_{ber}" in run.data.metrics
+        # the BER curve at 0 equals clean accuracy: same model, no flips.
+        assert run.data.metrics["ber_acc_at_0"] == pytest.approx(run.data.metrics["clean_acc"])
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id,
+            artifact_path="checkpoint/model.pt",
+            dst_path=str(tmp_path / run.info.run_id),
+            tracking_uri=mlflow_server.uri,
+        )
+        model, payload = load_checkpoint(local)
+        assert payload["model"]["name"] == "small_cnn" and payload["model"]["bits"] == 4
+        assert isinstance(model(torch.zeros(1, 1, 8, 8)), torch.Tensor)
+        if tags["mcel.role"] == "trial":
+            t = by_number[int(tags["mcel.optuna_number"])]
+            assert t.state == optuna.trial.TrialState.COMPLETE
+            assert t.values == pytest.approx([run.data.metrics["clean_acc"], run.data.metrics["ber_acc"]])
+            assert float(params["margin"]) == t.params.get("margin", float(params["margin"]))
+            assert float(params["relative_separation"]) == pytest.approx(
+                float(params["margin"]) / (2 * float(params["b"]))
+            )
+        else:
+            assert params["loss"] == "cel"
+    # paired: the CEL baseline and every trial used the same error seeds (same seed list in the curve CSV).
+    seeds = set()
+    for run in runs:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run.info.run_id,
+            artifact_path="ber_curve.csv",
+            dst_path=str(tmp_path / ("c" + run.info.run_id)),
+            tracking_uri=mlflow_server.uri,
+        )
+        rows = Path(path).read_text().splitlines()[1:]
+        seeds.add(tuple(sorted({r.split(",")[2] for r in rows})))
+    assert len(seeds) == 1
+
+
+def test_pruner_stops_trials_that_cannot_learn(tmp_path, mlflow_server, local_ray) -> None:
+    # b = 1e-6 saturates tanh for every logit the network produces: zero gradient, the model cannot learn,
+    # and its clean accuracy stays at chance; the median pruner must stop those trials early.
+    spec = parse_spec(
+        base_spec(
+            "prune",
+            tmp_path,
+            mlflow_server.uri,
+            space={"margin": {"choice": [1.0, 2.0]}, "b": {"choice": [4.0, 1e-6]}},
+            train={"epochs": 5, "batch_size": 64, "step_size": 3, "device": "cpu"},
+            trials_per_arch=8,
+            concurrency=1,
+            baseline={"enabled": False},
+            # RandomSampler(seed=0) draws b = 4, 1e-6, 4, 1e-6, 1e-6, ...: a learner completes first, so the
+            # median pruner has a reference (checked below, so a changed sampler fails loudly, not silently).
+            sampler={"name": "random", "seed": 0},
+            pruner={"name": "median", "options": {"n_startup_trials": 1, "n_warmup_steps": 1}},
+        )
+    )
+    run_search(spec, verbose=0)
+    client = MlflowClient(mlflow_server.uri)
+    runs = child_runs(client, "prune")
+    assert len(runs) == 8
+    study = optuna.load_study(
+        study_name="prune-small_cnn-4b", storage=f"sqlite:///{tmp_path / 'ray' / 'prune' / 'optuna.db'}"
+    )
+    states = {t.number: t.state for t in study.trials}
+    assert study.trials[0].params["b"] == 4.0, "precondition: the first trial must be one that can learn"
+    pruned = [r for r in runs if r.data.tags["mcel.state"] == "pruned"]
+    assert pruned, "no trial was pruned"
+    for run in runs:
+        number = int(run.data.tags["mcel.optuna_number"])
+        epochs_run = max(m.step for m in client.get_metric_history(run.info.run_id, "train_loss"))
+        if run.data.tags["mcel.state"] == "pruned":
+            assert states[number] == optuna.trial.TrialState.PRUNED
+            assert epochs_run < 5
+            assert float(run.data.params["b"]) == 1e-6  # only the trials that cannot learn
+            assert "ber_acc_at_0.01" not in run.data.metrics
+        else:
+            assert states[number] == optuna.trial.TrialState.COMPLETE and epochs_run == 5
+    # the learners were never pruned, and a pruned trial enters no Pareto front of the study.
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.best_trials)
+    assert {r.data.params["b"] for r in runs if r.data.tags["mcel.state"] == "completed"} >= {"4.0"}
+
+
+def test_driver_killed_then_resumed_counts_every_trial_once(tmp_path, mlflow_server) -> None:
+    spec = base_spec("resume", tmp_path, mlflow_server.uri, trials_per_arch=6, concurrency=1)
+    spec["train"]["epochs"] = 4
+    path = tmp_path / "resume.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "search.cli", "search", str(path), "--num-cpus", "2", "--quiet"]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    client = MlflowClient(mlflow_server.uri)
+    deadline = time.monotonic() + 240
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        exp = client.get_experiment_by_name("resume")
+        if exp is not None:
+            done = [
+                r
+                for r in child_runs(client, "resume")
+                if r.data.tags.get("mcel.state") == "completed" and r.data.tags.get("mcel.role") == "trial"
+            ]
+            if len(done) >= 2:
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+                killed = True
+                break
+        time.sleep(0.5)
+    proc.wait(timeout=60)
+    assert killed, f"search ended before it could be killed: {proc.stdout.read().decode()[-3000:]}"
+    before = child_runs(client, "resume")
+    assert len([r for r in before if r.data.tags["mcel.role"] == "trial"]) < 7
+    # without --resume the existing search is refused, nothing is touched
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    runs = child_runs(client, "resume")
+    trials = [r for r in runs if r.data.tags["mcel.role"] == "trial"]
+    keys = [r.data.tags["mcel.trial_key"] for r in trials]
+    assert len(keys) == len(set(keys)) == 6, sorted(keys)
+    assert len([r for r in runs if r.data.tags["mcel.role"] == "baseline"]) == 1
+    assert all(r.data.tags["mcel.state"] == "completed" for r in runs)
+    for r in runs:  # no epoch logged twice
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "train_loss")]
+        assert sorted(steps) == [1, 2, 3, 4], (r.data.tags["mcel.trial_key"], steps)
+    study = optuna.load_study(
+        study_name="resume-small_cnn-4b", storage=f"sqlite:///{tmp_path / 'ray' / 'resume' / 'optuna.db'}"
+    )
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert sorted(int(r.data.tags["mcel.optuna_number"]) for r in trials) == sorted(
+        t.number for t in complete
+    )
+    assert "resume-small_cnn-4b" in resumed.stdout and "6 completed" in resumed.stdout
+
+
+def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server) -> None:
+    import ray
+    from ray.cluster_utils import Cluster
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        ray.init(address=cluster.address)
+        spec = parse_spec(
+            base_spec(
+                "multinode",
+                tmp_path,
+                mlflow_server.uri,
+                trials_per_arch=4,
+                concurrency=4,
+                resources={"cpu": 0.5, "gpu": 0.5},
+                baseline={"enabled": False},
+                train={"epochs": 4, "batch_size": 64, "step_size": 2, "device": "auto"},
+            )
+        )
+        run_search(spec, ray_address=cluster.address, verbose=0)
+        client = MlflowClient(mlflow_server.uri)
+        runs = child_runs(client, "multinode")
+        assert len(runs) == 4 and all(r.data.tags["mcel.state"] == "completed" for r in runs)
+        used = {r.data.tags["mcel.node_id"] for r in runs}
+        worker_ids = {n.node_id for n in nodes}
+        assert used == worker_ids, (used, worker_ids)  # both workers, never the head (0 CPUs)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
