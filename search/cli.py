@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -95,7 +97,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evaluate", help="accuracy under bit errors of a checkpoint (mean, std, min per BER)")
-    p.add_argument("checkpoint", help="path to a checkpoint.pt written by `mcel train` or a search")
+    p.add_argument(
+        "checkpoint",
+        help="checkpoint path, or a runs:/<id>/checkpoint/model.pt or models:/<name>@<alias> URI",
+    )
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ URIs")
     p.add_argument("--bers", type=_floats, default=[0.0, 0.001, 0.01], help="comma-separated BERs")
     p.add_argument("--reps", type=int, default=10, help="error realizations per BER")
     p.add_argument("--seed", type=int, default=0, help="seed of the realization seed list")
@@ -114,7 +120,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from core.training import resolve_device
 
     device = resolve_device(args.device)
-    model, payload = load_checkpoint(args.checkpoint, device=device)
+    path = args.checkpoint
+    if path.startswith(("runs:/", "models:/")):
+        from analysis.queries import download_checkpoint
+
+        path = str(
+            download_checkpoint(path, tempfile.mkdtemp(prefix="mcel-ckpt-"), tracking_uri=args.tracking_uri)
+        )
+    model, payload = load_checkpoint(path, device=device)
     data_cfg = dict(payload.get("data", {}))
     name = data_cfg.pop("name", None)
     if name is None:
@@ -181,7 +194,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.runner import format_outcome, plan, resolve_storage_path, run_search
+    from search.runner import plan, resolve_storage_path, run_search
     from search.spec import load_spec
 
     spec = load_spec(args.spec)
@@ -200,7 +213,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         verbose=0 if args.quiet else 1,
     )
-    print(format_outcome(outcome, spec.objective.target_ber))
+    from analysis.workflow import pareto_summary
+
+    for study in outcome.studies:
+        states = [t["state"] for t in study.trials]
+        print(
+            f"{study.study}: {states.count('completed')} completed, {states.count('pruned')} pruned, "
+            f"{states.count('errored')} errored" + (", CEL baseline done" if study.baseline else "")
+        )
+    print()
+    print(pareto_summary(spec.experiment_name(), outcome.tracking_uri))
     uri = outcome.tracking_uri
     print(f"\nMLflow experiment {spec.experiment_name()!r} (id {outcome.experiment_id}) at {uri}")
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
@@ -210,7 +232,146 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tracking_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+
+
+def _selection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", default=None, help="only this architecture")
+    p.add_argument("--bits", type=int, default=None, help="only this bit width")
+    p.add_argument("--rule", default="constraint", help="constraint (default), knee or weighted")
+    p.add_argument(
+        "--max-clean-drop",
+        type=float,
+        default=1.0,
+        help="constraint rule: clean accuracy drop allowed, points",
+    )
+    p.add_argument("--weights", default=None, help="weighted rule: clean_acc=W1,ber_acc=W2")
+    p.add_argument(
+        "--target-ber", type=float, default=None, help="BER of the paired comparison (default: the spec's)"
+    )
+
+
+def _weights(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise UsageError(f"--weights: {text!r} — expected clean_acc=W1,ber_acc=W2 with numbers") from None
+    return out
+
+
+def _add_pareto(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pareto", help="Pareto front and selected point per architecture; tags them in MLflow")
+    p.add_argument("experiment", help="MLflow experiment (the spec's name by default)")
+    _selection_args(p)
+    _tracking_arg(p)
+    p.add_argument(
+        "--register", action="store_true", help="register each selected checkpoint in the Model Registry"
+    )
+    p.add_argument("--alias", default="champion", help="alias of the registered version (default: champion)")
+    p.set_defaults(func=cmd_pareto)
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from analysis.workflow import pareto_command
+
+    print(
+        pareto_command(
+            args.experiment,
+            tracking_uri=args.tracking_uri,
+            arch=args.arch,
+            bits=args.bits,
+            rule=args.rule,
+            max_clean_drop=args.max_clean_drop,
+            weights=_weights(args.weights),
+            target_ber=args.target_ber,
+            register=args.register,
+            alias=args.alias,
+        )
+    )
+    return 0
+
+
+def _add_best(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("best", help="the selected checkpoint's run, metrics and URI; optionally download it")
+    p.add_argument("experiment")
+    _selection_args(p)
+    _tracking_arg(p)
+    p.add_argument("--download", default=None, help="directory to download the checkpoint into")
+    p.set_defaults(func=cmd_best)
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from analysis.queries import best_checkpoints, download_checkpoint
+
+    best = best_checkpoints(
+        args.experiment,
+        tracking_uri=args.tracking_uri,
+        arch=args.arch,
+        bits=args.bits,
+        rule=args.rule,
+        max_clean_drop=args.max_clean_drop,
+        target_ber=args.target_ber,
+    )
+    if best.empty:
+        raise UsageError(
+            f"experiment {args.experiment!r} has no completed trial matching arch={args.arch} bits={args.bits}"
+        )
+    for _, row in best.iterrows():
+        print(f"{row['dataset']} {row['arch']} {int(row['bits'])}-bit: run {row['run_id']}")
+        print(f"  margin {row['margin']}, b {row['b']}, logit scale {row['logit_scale']}")
+        print(
+            f"  clean {100 * row['clean_acc']:.2f}%, BER acc {100 * row['ber_acc']:.2f} ± {100 * row['ber_acc_std']:.2f}%"
+        )
+        print(f"  {row['verdict']}")
+        print(f"  checkpoint: {row['checkpoint_uri']}")
+        if args.download:
+            dst = Path(args.download) / f"{row['arch']}-{int(row['bits'])}b"
+            path = download_checkpoint(row["checkpoint_uri"], dst, tracking_uri=args.tracking_uri)
+            print(f"  downloaded to {path}")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="Markdown report with Pareto, BER, MLM and margin figures")
+    p.add_argument("experiment")
+    _selection_args(p)
+    _tracking_arg(p)
+    p.add_argument("--out", required=True, help="output directory (report.md and PNG figures)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from analysis.workflow import report_command
+
+    path = report_command(
+        args.experiment,
+        args.out,
+        tracking_uri=args.tracking_uri,
+        arch=args.arch,
+        bits=args.bits,
+        rule=args.rule,
+        max_clean_drop=args.max_clean_drop,
+        weights=_weights(args.weights),
+        target_ber=args.target_ber,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
+    "pareto": _add_pareto,
+    "best": _add_best,
+    "report": _add_report,
     "search": _add_search,
     "train": _add_train,
     "evaluate": _add_evaluate,
@@ -230,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

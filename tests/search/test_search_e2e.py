@@ -5,7 +5,6 @@ Small model (small_cnn on digits), few epochs, so each search takes well under a
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

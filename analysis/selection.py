@@ -1,0 +1,473 @@
+"""Pick one MCEL setting (margin ``m``, bound ``b``, logit scale ``s``) per group, and compare it to CEL.
+
+Pure functions over the trials table (one row per trial, see ``pareto.py``); nothing here talks to MLflow.
+Accuracies in the table are fractions in ``[0, 1]``; user-facing thresholds and reported gains are in
+percentage *points* (1 point = 0.01).
+
+Rules (:data:`RULES`), all over the *completed* rows with ``role == "trial"`` and no NaN in ``clean_acc`` /
+``ber_acc``:
+
+- ``constraint`` (default): let ``best`` be the highest clean accuracy of the group *including* the
+  completed CEL baseline row(s); among trials with ``clean_acc >= best - max_clean_drop / 100`` pick the
+  highest ``ber_acc``. "No more than X points of clean accuracy lost, then as robust as possible."
+- ``knee``: on the Pareto front of (clean_acc max, ber_acc max), normalize both objectives to ``[0, 1]``
+  over the front and pick the point farthest from the straight line through the two extreme points (front
+  sorted by clean_acc), measured toward the ideal corner ``(1, 1)`` -- a point *below* that line (concave
+  part of the front) has a negative distance, so it is never preferred over an extreme. With 1 or 2 front
+  points, the one with the higher ``ber_acc``.
+- ``weighted``: maximize ``w_clean * clean_acc + w_ber * ber_acc``.
+
+Ties in every rule: higher ``ber_acc``, then higher ``clean_acc``, then lower ``margin`` (NaN last), then
+the earlier row. With these tie-breaks the selected row is always on the Pareto front.
+
+Comparison with CEL (:func:`paired_gain`): both models are evaluated on the same list of error seeds, so
+realization ``i`` of one model and realization ``i`` of the other saw the same bit flips. The per-seed
+differences ``d_i`` remove the realization-to-realization noise (4-6 points std on FashionMNIST at BER 1%)
+that an unpaired comparison of the two means would carry.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from analysis.pareto import pareto_front
+
+RULES = ("constraint", "knee", "weighted")
+GROUP_COLS = ("dataset", "arch", "bits")
+OBJECTIVES = {"clean_acc": "max", "ber_acc": "max"}
+DEFAULT_WEIGHTS = {"clean_acc": 0.5, "ber_acc": 0.5}
+
+# Absolute tolerance (in accuracy fractions) for "within max_clean_drop points": 0.92 - 0.01 is not exactly
+# 0.91 in binary floating point, and a trial at exactly the threshold must qualify.
+_THRESHOLD_TOL = 1e-9
+# Scores are rounded to this many decimals before the tie-breaks so that float noise in a weighted sum or
+# a distance does not decide between mathematically equal scores.
+_SCORE_DECIMALS = 12
+
+
+# --------------------------------------------------------------------------------------------- paired gain
+
+
+@dataclass(frozen=True)
+class PairedGain:
+    """Paired mean difference ``candidate - baseline`` with a Student-t confidence interval.
+
+    Units are those of the inputs (accuracy fractions when fed accuracies); ``Selection.summary`` reports
+    them in points.
+    """
+
+    mean: float  # mean of d_i = candidate_i - baseline_i
+    low: float  # lower end of the confidence interval
+    high: float  # upper end of the confidence interval
+    n: int  # number of paired realizations
+    confidence: float  # e.g. 0.95
+    significant: bool  # True iff the interval excludes 0 (low > 0 or high < 0)
+
+
+def paired_gain(
+    candidate: Sequence[float], baseline: Sequence[float], confidence: float = 0.95
+) -> PairedGain:
+    """Paired-t confidence interval of the mean per-realization difference.
+
+    ``d_i = candidate_i - baseline_i``; interval ``mean(d) +- t_{(1+c)/2, n-1} * sd(d, ddof=1) / sqrt(n)``
+    (the interval of ``scipy.stats.ttest_rel(candidate, baseline).confidence_interval(c)``). If every
+    ``d_i`` is equal the interval is the point ``mean(d)`` (significant iff it is not 0).
+
+    Raises:
+        ValueError: lengths differ, fewer than 2 pairs, a non-finite value, or ``confidence`` not in (0, 1).
+    """
+    cand = np.asarray(candidate, dtype=float).ravel()
+    base = np.asarray(baseline, dtype=float).ravel()
+    if len(cand) != len(base):
+        raise ValueError(f"paired realizations need equal lengths, got {len(cand)} and {len(base)}")
+    n = len(cand)
+    if n < 2:
+        raise ValueError(f"need at least 2 paired realizations for a confidence interval, got {n}")
+    if not (np.isfinite(cand).all() and np.isfinite(base).all()):
+        raise ValueError("realizations must be finite numbers (got NaN or inf)")
+    if not (0.0 < confidence < 1.0):
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    d = cand - base
+    mean = float(d.mean())
+    if np.all(d == d[0]):
+        mean, half = float(d[0]), 0.0  # sd is exactly 0: the interval is the point
+    else:
+        tq = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1))
+        half = tq * float(d.std(ddof=1)) / math.sqrt(n)
+    low, high = mean - half, mean + half
+    return PairedGain(
+        mean=mean,
+        low=low,
+        high=high,
+        n=n,
+        confidence=float(confidence),
+        significant=bool(low > 0.0 or high < 0.0),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- selection
+
+
+def _num(row: pd.Series | None, key: str) -> float:
+    """``row[key]`` as a float; NaN when the row or key is missing or the value is not numeric."""
+    if row is None or key not in row.index:
+        return math.nan
+    try:
+        value = row[key]
+        return math.nan if value is None or pd.isna(value) else float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _value(row: pd.Series | None, key: str) -> Any:
+    if row is None or key not in row.index:
+        return None
+    value = row[key]
+    if isinstance(value, np.generic):
+        value = value.item()
+    return value
+
+
+def relative_separation(margin: float, b: float) -> float:
+    """MCEL's relative logit separation ``m / (2 b)``; NaN if either is missing or ``b <= 0``."""
+    if math.isnan(margin) or math.isnan(b) or b <= 0:
+        return math.nan
+    return margin / (2.0 * b)
+
+
+def _fmt_ber(target_ber: float | None) -> str:
+    return "the target BER" if target_ber is None else f"BER {target_ber * 100:g}%"
+
+
+def _describe(row: pd.Series) -> str:
+    """E.g. ``MCEL m=8 b=16 s=1`` (parts that are NaN are left out)."""
+    loss = _value(row, "loss")
+    name = str(loss).upper() if loss is not None and not pd.isna(loss) else "MCEL"
+    parts = [name]
+    for key, label in (("margin", "m"), ("b", "b"), ("logit_scale", "s")):
+        v = _num(row, key)
+        if not math.isnan(v):
+            parts.append(f"{label}={v:g}")
+    return " ".join(parts)
+
+
+@dataclass
+class Selection:
+    """The outcome of one selection rule on one group (one dataset / arch / bits)."""
+
+    rule: str  # the rule that picked the row, one of RULES
+    row: pd.Series | None  # the selected trial; None if no trial qualified
+    front: pd.DataFrame  # Pareto front (clean_acc, ber_acc) of the group's completed trials
+    baseline: pd.Series | None  # the group's completed CEL baseline row, if any
+    gain: PairedGain | None  # paired BER gain selected - baseline (fractions), if realizations were given
+    message: str  # how the row was chosen, or why none was
+    target_ber: float | None = None  # the BER the ber_acc columns refer to (for the text only)
+    group: dict[str, Any] = field(default_factory=dict)  # the group's key, e.g. {"arch": "vgg3", ...}
+
+    def verdict(self) -> str:
+        """One line: does the selected setting beat CEL under bit errors?"""
+        at = _fmt_ber(self.target_ber)
+        if self.row is None:
+            return f"no setting selected: {self.message}"
+        desc = _describe(self.row)
+        if self.baseline is None:
+            return f"{desc} selected; no completed CEL baseline in this group to compare with at {at}"
+        if self.gain is None:
+            diff = (_num(self.row, "ber_acc") - _num(self.baseline, "ber_acc")) * 100.0
+            return (
+                f"{desc} vs CEL at {at}: {diff:+.2f} points in mean accuracy "
+                "(no paired realizations given: significance not tested)"
+            )
+        g = self.gain
+        ci = (
+            f"{g.mean * 100:+.2f} points [{g.confidence * 100:g}% CI {g.low * 100:+.2f}, {g.high * 100:+.2f}]"
+        )
+        if g.significant and g.mean > 0:
+            return f"{desc} beats CEL at {at}: {ci}"
+        if g.significant:
+            return f"the search found no gain over CEL at {at}; {desc} is significantly worse: {ci}"
+        return f"the search found no significant gain over CEL at {at}: {ci}"
+
+    def summary(self) -> dict[str, Any]:
+        """Flat dict for a results table.
+
+        Accuracies (``clean_acc``, ``ber_acc``, their ``_std`` and the ``baseline_*`` ones) are fractions as in
+        the trials table; ``gain_mean``, ``gain_low`` and ``gain_high`` are in percentage points. Clean
+        accuracy has no error realizations, so its std is 0 by construction. ``significant`` is None when no
+        gain was computed.
+        """
+        row, base = self.row, self.baseline
+        ident = row if row is not None else base
+
+        def key(name: str) -> Any:
+            v = _value(ident, name)
+            return self.group.get(name) if v is None else v
+
+        margin, b = _num(row, "margin"), _num(row, "b")
+        g = self.gain
+        return {
+            "dataset": key("dataset"),
+            "arch": key("arch"),
+            "bits": key("bits"),
+            "rule": self.rule,
+            "run_id": _value(row, "run_id"),
+            "loss": _value(row, "loss"),
+            "margin": margin,
+            "b": b,
+            "logit_scale": _num(row, "logit_scale"),
+            "relative_separation": relative_separation(margin, b),
+            "clean_acc": _num(row, "clean_acc"),
+            "clean_acc_std": 0.0 if row is not None else math.nan,
+            "ber_acc": _num(row, "ber_acc"),
+            "ber_acc_std": _num(row, "ber_acc_std"),
+            "baseline_run_id": _value(base, "run_id"),
+            "baseline_clean_acc": _num(base, "clean_acc"),
+            "baseline_clean_acc_std": 0.0 if base is not None else math.nan,
+            "baseline_ber_acc": _num(base, "ber_acc"),
+            "baseline_ber_acc_std": _num(base, "ber_acc_std"),
+            "target_ber": self.target_ber,
+            "gain_mean": g.mean * 100.0 if g else math.nan,
+            "gain_low": g.low * 100.0 if g else math.nan,
+            "gain_high": g.high * 100.0 if g else math.nan,
+            "gain_n": g.n if g else 0,
+            "confidence": g.confidence if g else math.nan,
+            "significant": g.significant if g else None,
+            "verdict": self.verdict(),
+        }
+
+
+def _col(df: pd.DataFrame, name: str) -> np.ndarray:
+    if name not in df.columns:
+        return np.full(len(df), np.nan)
+    return df[name].to_numpy(dtype=float, na_value=np.nan)
+
+
+def _argbest(cands: pd.DataFrame, score: np.ndarray) -> pd.Series:
+    """The row with the highest score; ties: higher ber, higher clean, lower margin, first."""
+    score = np.round(np.asarray(score, dtype=float), _SCORE_DECIMALS)
+    margin = _col(cands, "margin")
+    margin = np.where(np.isnan(margin), np.inf, margin)
+    # np.lexsort sorts by the LAST key first; all keys ascending, so negate the higher-is-better ones.
+    order = np.lexsort(
+        (np.arange(len(cands)), -margin, -_col(cands, "clean_acc"), -_col(cands, "ber_acc"), -score)
+    )
+    return cands.iloc[int(order[0])]
+
+
+def _knee_scores(front: pd.DataFrame) -> np.ndarray:
+    """Signed distance of each front point to the line through the extreme points, toward (1, 1)."""
+    x, y = _col(front, "clean_acc"), _col(front, "ber_acc")
+
+    def norm(v: np.ndarray) -> np.ndarray:
+        span = v.max() - v.min()
+        return np.zeros_like(v) if span == 0 else (v - v.min()) / span
+
+    x, y = norm(x), norm(y)
+    order = np.lexsort((-y, x))  # by clean_acc ascending (ber descending inside equal clean)
+    p1 = np.array([x[order[0]], y[order[0]]])
+    p2 = np.array([x[order[-1]], y[order[-1]]])
+    u = p2 - p1
+    length = float(np.hypot(*u))
+    if length == 0.0:
+        return np.zeros(len(front))
+    normal = np.array([-u[1], u[0]])  # u = (+dx, -dy) on a 2-D front, so this points toward (1, 1)
+    return ((x - p1[0]) * normal[0] + (y - p1[1]) * normal[1]) / length
+
+
+def _check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
+    if weights is None:
+        return dict(DEFAULT_WEIGHTS)
+    unknown = [k for k in weights if k not in DEFAULT_WEIGHTS]
+    if unknown:
+        raise ValueError(f"unknown weight key(s) {unknown}: expected {list(DEFAULT_WEIGHTS)}")
+    w = {k: float(weights.get(k, 0.0)) for k in DEFAULT_WEIGHTS}
+    if any(not math.isfinite(v) or v < 0 for v in w.values()):
+        raise ValueError(f"weights must be finite and >= 0, got {dict(weights)}")
+    if all(v == 0 for v in w.values()):
+        raise ValueError("weights must not all be 0")
+    return w
+
+
+def select(
+    df: pd.DataFrame,
+    rule: str = "constraint",
+    *,
+    max_clean_drop: float = 1.0,
+    weights: Mapping[str, float] | None = None,
+    realizations: Callable[[str], Sequence[float]] | None = None,
+    target_ber: float | None = None,
+    confidence: float = 0.95,
+    group_cols: Sequence[str] = GROUP_COLS,
+) -> Selection:
+    """Select one trial of ONE group (one dataset / arch / bits) with the named rule (see the module doc).
+
+    Args:
+        df: the group's rows of the trials table (trials and the CEL baseline).
+        rule: one of :data:`RULES`.
+        max_clean_drop: ``constraint`` only: allowed clean-accuracy loss in percentage points (>= 0) below
+            the best clean accuracy of the group, CEL baseline included.
+        weights: ``weighted`` only: ``{"clean_acc": w1, "ber_acc": w2}``, each >= 0, not both 0; a missing
+            key counts as 0. Default 0.5 / 0.5.
+        realizations: ``run_id -> per-realization accuracies at the target BER`` (same seed list for every
+            run). Given, and with both a selected row and a baseline, ``gain`` is their paired gain.
+        target_ber: the BER of the ``ber_acc`` column, used in the verdict text only.
+        confidence: confidence level of the gain's interval.
+        group_cols: columns that must hold a single value in ``df`` (NaN ignored); ``select_all`` splits by
+            them.
+
+    Raises:
+        ValueError: unknown rule, missing required column, invalid ``max_clean_drop`` / ``weights``, or more
+            than one group in ``df``.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown selection rule {rule!r}: expected one of {RULES}")
+    required = ("role", "state", "clean_acc", "ber_acc")
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise ValueError(f"trials table lacks column(s) {missing}")
+    if not (max_clean_drop >= 0):  # also rejects NaN
+        raise ValueError(f"max_clean_drop must be >= 0 percentage points, got {max_clean_drop}")
+    w = _check_weights(weights) if rule == "weighted" else None
+    group: dict[str, Any] = {}
+    for col in group_cols:
+        if col in df.columns:
+            vals = df[col].dropna().unique()
+            if len(vals) > 1:
+                raise ValueError(
+                    f"select() takes one group, but column {col!r} has values {sorted(map(str, vals))}; "
+                    "use select_all()"
+                )
+            if len(vals) == 1:
+                group[col] = vals[0].item() if isinstance(vals[0], np.generic) else vals[0]
+
+    completed = df[df["state"] == "completed"]
+    base_rows = completed[completed["role"] == "baseline"]
+    baseline = base_rows.iloc[0] if len(base_rows) else None
+    trials = completed[completed["role"] == "trial"]
+    cands = trials[trials["clean_acc"].notna() & trials["ber_acc"].notna()]
+    front = pareto_front(cands, OBJECTIVES, valid_states=None)
+
+    def done(row: pd.Series | None, message: str) -> Selection:
+        gain = None
+        if realizations is not None and row is not None and baseline is not None:
+            gain = paired_gain(
+                realizations(str(row["run_id"])), realizations(str(baseline["run_id"])), confidence
+            )
+        return Selection(rule, row, front, baseline, gain, message, target_ber, group)
+
+    if cands.empty:
+        return done(None, f"no completed trial with clean and BER accuracy in this group ({len(df)} rows)")
+
+    if rule == "constraint":
+        ref_rows = pd.concat([cands["clean_acc"], base_rows["clean_acc"].dropna()])
+        best = float(ref_rows.max())
+        threshold = best - max_clean_drop / 100.0 - _THRESHOLD_TOL
+        ok = cands[cands["clean_acc"].to_numpy(dtype=float) >= threshold]
+        ref = (
+            "CEL baseline and trials" if len(base_rows["clean_acc"].dropna()) else "trials only, no baseline"
+        )
+        if ok.empty:
+            return done(
+                None,
+                f"no completed trial within {max_clean_drop:g} points of the best clean accuracy "
+                f"{best * 100:.2f}% ({ref})",
+            )
+        row = _argbest(ok, _col(ok, "ber_acc"))
+        return done(
+            row,
+            f"highest BER accuracy among {len(ok)} of {len(cands)} trials within {max_clean_drop:g} points "
+            f"of the best clean accuracy {best * 100:.2f}% ({ref})",
+        )
+
+    if rule == "knee":
+        if len(front) <= 2:
+            row = _argbest(front, _col(front, "ber_acc"))
+            return done(row, f"front has {len(front)} point(s): took the higher BER accuracy")
+        scores = _knee_scores(front)
+        row = _argbest(front, scores)
+        return done(row, f"knee of the {len(front)}-point front (largest normalized distance to its chord)")
+
+    assert w is not None
+    score = w["clean_acc"] * _col(cands, "clean_acc") + w["ber_acc"] * _col(cands, "ber_acc")
+    row = _argbest(cands, score)
+    return done(
+        row,
+        f"maximum of {w['clean_acc']:g} * clean_acc + {w['ber_acc']:g} * ber_acc over {len(cands)} trials",
+    )
+
+
+def select_all(df: pd.DataFrame, group_cols: Sequence[str] = GROUP_COLS, **kwargs: Any) -> list[Selection]:
+    """:func:`select` on each group of ``df`` (split by ``group_cols``), in sorted group order."""
+    group_cols = list(group_cols)
+    missing = [c for c in group_cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"trials table lacks group column(s) {missing}")
+    if df.empty:
+        return []
+    return [
+        select(part, group_cols=group_cols, **kwargs)
+        for _, part in df.groupby(group_cols, sort=True, dropna=False)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------- formatting
+
+
+def _pct(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v * 100:.2f}"
+
+
+def _g(v: float) -> str:
+    return "-" if math.isnan(v) else f"{v:g}"
+
+
+def format_selection(sel: Selection) -> str:
+    """Plain-text table of the front (``*`` = selected, ``CEL`` row = baseline) and the verdict line."""
+    rows: list[tuple[str, pd.Series]] = []
+    selected_label = sel.row.name if sel.row is not None else None
+    front = (
+        sel.front.sort_values("clean_acc", ascending=False, kind="stable") if len(sel.front) else sel.front
+    )
+    for label, r in front.iterrows():
+        rows.append(("*" if label == selected_label else "", r))
+    if sel.row is not None and selected_label not in sel.front.index:
+        rows.append(("*", sel.row))
+    if sel.baseline is not None:
+        rows.append(("CEL", sel.baseline))
+
+    header = ("", "margin", "b", "s", "m/(2b)", "clean %", "ber %")
+    table = [header]
+    for mark, r in rows:
+        m, b = _num(r, "margin"), _num(r, "b")
+        std = _num(r, "ber_acc_std")
+        ber = _pct(_num(r, "ber_acc")) + ("" if math.isnan(std) else f" ± {std * 100:.2f}")
+        table.append(
+            (
+                mark,
+                _g(m),
+                _g(b),
+                _g(_num(r, "logit_scale")),
+                _g(relative_separation(m, b)),
+                _pct(_num(r, "clean_acc")),
+                ber,
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = []
+    title = " ".join(f"{k}={v}" for k, v in sel.group.items())
+    lines.append(
+        f"{title + ': ' if title else ''}rule {sel.rule} ({_fmt_ber(sel.target_ber)}) - {sel.message}"
+    )
+    for line in table:
+        lines.append("  ".join(cell.rjust(wd) for cell, wd in zip(line, widths, strict=True)).rstrip())
+    if not rows:
+        lines.append("(no completed trials)")
+    lines.append(sel.verdict())
+    return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""The analysis commands end to end: MLflow runs -> Pareto front and selection per (dataset, arch, bits)
+-> tags, Model Registry, text tables and the Markdown report. ``mcel pareto``, ``mcel report`` and the end
+of ``mcel search`` call these; they are plain functions so notebooks can too.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.tracking import MlflowClient
+
+from analysis.queries import (
+    _target_ber,
+    ber_records,
+    default_tracking_uri,
+    metric_history,
+    realizations,
+    register_checkpoint,
+    runs_frame,
+    tag_front_and_selection,
+)
+from analysis.selection import Selection, format_selection, select_all
+
+
+def selections(
+    experiment: str,
+    *,
+    tracking_uri: str | None = None,
+    arch: str | None = None,
+    bits: int | None = None,
+    rule: str = "constraint",
+    max_clean_drop: float = 1.0,
+    weights: Mapping[str, float] | None = None,
+    target_ber: float | None = None,
+) -> tuple[pd.DataFrame, list[Selection], float]:
+    """The runs table, one :class:`Selection` per (dataset, arch, bits), and the target BER used."""
+    filters: dict[str, str] = {}
+    if arch:
+        filters["arch"] = arch
+    if bits is not None:
+        filters["bits"] = str(bits)
+    df = runs_frame(experiment, tracking_uri=tracking_uri, filters=filters)
+    if df.empty:
+        raise ValueError(f"experiment {experiment!r} has no trial runs matching {filters or 'any'}")
+    ber = target_ber if target_ber is not None else _target_ber(df)
+    sels = select_all(
+        df,
+        rule=rule,
+        max_clean_drop=max_clean_drop,
+        weights=weights,
+        realizations=lambda rid: realizations(rid, ber, tracking_uri=tracking_uri),
+        target_ber=ber,
+    )
+    return df, sels, ber
+
+
+def _group_name(experiment: str, sel: Selection) -> str:
+    g = sel.group
+    return f"{experiment}-{g.get('arch')}-{g.get('bits')}b"
+
+
+def _group_runs(df: pd.DataFrame, sel: Selection) -> pd.DataFrame:
+    mask = pd.Series(True, index=df.index)
+    for k, v in sel.group.items():
+        mask &= df[k] == v
+    return df[mask]
+
+
+def pareto_command(
+    experiment: str,
+    *,
+    tracking_uri: str | None = None,
+    register: bool = False,
+    alias: str = "champion",
+    tag: bool = True,
+    **kwargs: Any,
+) -> str:
+    """Front and selected point per group as text; tags ``mcel.pareto``/``mcel.selected`` in MLflow and,
+    with ``register``, registers each selected checkpoint as ``<experiment>-<arch>-<bits>b`` @ ``alias``."""
+    uri = default_tracking_uri(tracking_uri)
+    df, sels, _ = selections(experiment, tracking_uri=uri, **kwargs)
+    client = MlflowClient(uri)
+    blocks = []
+    for sel in sels:
+        text = [
+            f"== {sel.group.get('dataset')} {sel.group.get('arch')} {sel.group.get('bits')}-bit ==",
+            format_selection(sel),
+        ]
+        runs = _group_runs(df, sel)
+        selected = sel.row["run_id"] if sel.row is not None else None
+        if tag:
+            tag_front_and_selection(client, runs["run_id"].tolist(), sel.front["run_id"].tolist(), selected)
+        if register and selected is not None:
+            name = _group_name(experiment, sel)
+            version = register_checkpoint(client, selected, name, alias)
+            text.append(f"registered models:/{name}@{alias} (version {version.version}) -> run {selected}")
+        blocks.append("\n".join(text))
+    return "\n\n".join(blocks)
+
+
+def pareto_summary(experiment: str, tracking_uri: str | None = None) -> str:
+    """What ``mcel search`` prints at the end: the default selection per group, with tags written."""
+    try:
+        return pareto_command(experiment, tracking_uri=tracking_uri)
+    except ValueError as exc:
+        return f"no Pareto summary: {exc}"
+
+
+def _summary_json(client: MlflowClient, run_id: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = client.download_artifacts(run_id, "summary.json", tmp)
+        except Exception:
+            return {}
+        return json.loads(Path(path).read_text())
+
+
+def report_command(
+    experiment: str, out_dir: str | os.PathLike, *, tracking_uri: str | None = None, **kwargs: Any
+) -> Path:
+    """Write ``out_dir/report.md`` with, per group, the selection summary, the front table and four figures
+    (accuracy vs BER of the CEL baseline and the selected point, the Pareto scatter, MLM per epoch, test-set
+    margins); the figures are also logged to the group's parent run under ``figures/``."""
+    from analysis.plots import plot_ber_curves, plot_margins, plot_mlm, plot_pareto
+    from analysis.report import ReportSection, write_report
+
+    uri = default_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    df, sels, ber = selections(experiment, tracking_uri=uri, **kwargs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sections = []
+    for sel in sels:
+        name = _group_name(experiment, sel)
+        fig_dir = out / name
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        runs = _group_runs(df, sel)
+        chosen = [r for r in (sel.baseline, sel.row) if r is not None]
+        ids = [r["run_id"] for r in chosen]
+        labels = {r["run_id"]: _label(r) for r in chosen}
+        figures: dict[str, Path] = {}
+        if ids:
+            curves = pd.concat([ber_records(rid, tracking_uri=uri) for rid in ids], ignore_index=True)
+            plot_ber_curves(
+                curves, labels, fig_dir / "ber_curves.png", title=f"{name}: accuracy under bit errors"
+            )
+            figures["Accuracy vs BER (mean ± std over the shared realizations)"] = fig_dir / "ber_curves.png"
+            hist = pd.concat(
+                [
+                    metric_history(rid, "mlm", tracking_uri=uri)
+                    .rename(columns={"step": "epoch", "value": "mlm"})
+                    .assign(run_id=rid)
+                    for rid in ids
+                ],
+                ignore_index=True,
+            )
+            plot_mlm(hist, labels, fig_dir / "mlm.png", title=f"{name}: mean logit margin per epoch")
+            figures["Mean logit margin per epoch"] = fig_dir / "mlm.png"
+            margins = {rid: _summary_json(client, rid).get("margins", []) for rid in ids}
+            plot_margins(margins, labels, fig_dir / "margins.png", title=f"{name}: test-set margins")
+            figures["Test-set margins (top-1 minus top-2 logit)"] = fig_dir / "margins.png"
+        plot_pareto(
+            runs,
+            sel.front["run_id"].tolist(),
+            sel.baseline["run_id"] if sel.baseline is not None else None,
+            sel.row["run_id"] if sel.row is not None else None,
+            fig_dir / "pareto.png",
+            title=f"{name}: clean accuracy vs accuracy at BER {ber:g}",
+        )
+        figures["Pareto front (clean accuracy vs accuracy under bit errors)"] = fig_dir / "pareto.png"
+        parent = _parent_run(client, runs)
+        if parent:
+            for path in figures.values():
+                client.log_artifact(parent, str(path), artifact_path="figures")
+        front_cols = [
+            c
+            for c in (
+                "run_id",
+                "loss",
+                "margin",
+                "b",
+                "logit_scale",
+                "relative_separation",
+                "clean_acc",
+                "ber_acc",
+                "ber_acc_std",
+            )
+            if c in sel.front
+        ]
+        sections.append(
+            ReportSection(
+                title=f"{sel.group.get('dataset')} / {sel.group.get('arch')} / {sel.group.get('bits')}-bit",
+                summary={
+                    k: v for k, v in sel.summary().items() if not (isinstance(v, float) and math.isnan(v))
+                },
+                front=sel.front[front_cols],
+                figures=figures,
+                notes=[sel.verdict()],
+            )
+        )
+    return write_report(out, sections, title=f"mcel report: {experiment}")
+
+
+def _label(row: pd.Series) -> str:
+    if row.get("role") == "baseline" or row.get("loss") == "cel":
+        return "CEL baseline"
+    return f"MCEL m={row.get('margin'):g} b={row.get('b'):g} s={row.get('logit_scale'):g}"
+
+
+def _parent_run(client: MlflowClient, runs: pd.DataFrame) -> str | None:
+    col = "tags.mlflow.parentRunId"
+    if col in runs and runs[col].notna().any():
+        return str(runs[col].dropna().iloc[0])
+    return None

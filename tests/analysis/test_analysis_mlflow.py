@@ -1,0 +1,196 @@
+"""Analysis against a real MLflow tracking server filled by a real short search (local Ray, Optuna)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from analysis.pareto import pareto_front
+from analysis.queries import best_checkpoints, realizations, register_checkpoint, runs_frame
+from analysis.workflow import pareto_command, report_command, selections
+from core.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow
+EXPERIMENT = "analysis"
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory, mlflow_server):
+    import ray
+
+    from search.runner import run_search
+    from search.spec import parse_spec
+
+    tmp = tmp_path_factory.mktemp("analysis-search")
+    spec = parse_spec(
+        {
+            "name": EXPERIMENT,
+            "dataset": "digits",
+            "architectures": ["small_cnn"],
+            "bits": [4],
+            "losses": ["mcel"],
+            "space": {"margin": {"choice": [0.5, 2.0, 8.0]}, "b": {"choice": [4.0, 16.0]}},
+            "train": {"epochs": 3, "batch_size": 64, "step_size": 2, "device": "cpu"},
+            "objective": {"target_ber": 0.02, "reps": 4, "seed": 3},
+            "sweep": {"bers": [0.0, 0.01, 0.02], "reps": 4},
+            "trials_per_arch": 5,
+            "concurrency": 2,
+            "sampler": {"name": "random", "seed": 2},
+            "pruner": {"name": "none"},
+            "tracking": {"uri": mlflow_server.uri},
+            "storage": {"path": str(tmp / "ray")},
+        }
+    )
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        run_search(spec, verbose=0)
+    finally:
+        ray.shutdown()
+    return mlflow_server.uri, tmp
+
+
+def test_runs_frame_returns_exactly_the_search_runs(searched) -> None:
+    uri, _ = searched
+    df = runs_frame(EXPERIMENT, tracking_uri=uri)
+    assert len(df) == 6
+    assert sorted(df["role"]) == ["baseline"] + ["trial"] * 5
+    assert set(df["state"]) == {"completed"} and set(df["arch"]) == {"small_cnn"} and set(df["bits"]) == {4}
+    assert sorted(df.loc[df.role == "trial", "optuna_number"]) == [0, 1, 2, 3, 4]
+    trials = df[df.role == "trial"]
+    assert np.allclose(trials["relative_separation"], trials["margin"] / (2 * trials["b"]))
+    assert len(runs_frame(EXPERIMENT, tracking_uri=uri, filters={"mcel.role": "baseline"})) == 1
+    assert runs_frame(EXPERIMENT, tracking_uri=uri, filters={"arch": "vgg3"}).empty
+    parents = runs_frame(EXPERIMENT, tracking_uri=uri, include_parents=True)
+    assert len(parents) == 7
+    with pytest.raises(ValueError, match="experiment='nope' does not exist"):
+        runs_frame("nope", tracking_uri=uri)
+
+
+def test_realizations_are_paired_and_match_logged_mean(searched) -> None:
+    uri, _ = searched
+    df = runs_frame(EXPERIMENT, tracking_uri=uri)
+    for _, row in df.iterrows():
+        accs = realizations(row["run_id"], 0.02, tracking_uri=uri)
+        assert len(accs) == 4
+        assert np.mean(accs) == pytest.approx(row["ber_acc"])  # objective and curve use the same seeds
+        assert np.mean(realizations(row["run_id"], 0.0, tracking_uri=uri)) == pytest.approx(row["clean_acc"])
+
+
+def test_pareto_tags_and_registry(searched) -> None:
+    uri, _ = searched
+    text = pareto_command(EXPERIMENT, tracking_uri=uri, register=True, alias="champion")
+    df, sels, ber = selections(EXPERIMENT, tracking_uri=uri)
+    assert ber == 0.02 and len(sels) == 1
+    sel = sels[0]
+    expected_front = pareto_front(df[df.role == "trial"])
+    assert set(sel.front["run_id"]) == set(expected_front["run_id"])
+    client = MlflowClient(uri)
+    tagged = runs_frame(EXPERIMENT, tracking_uri=uri)
+    on_front = set(tagged.loc[tagged["tags.mcel.pareto"] == "true", "run_id"])
+    assert on_front == set(sel.front["run_id"])
+    selected = tagged.loc[tagged["tags.mcel.selected"] == "true", "run_id"].tolist()
+    assert selected == [sel.row["run_id"]]
+    version = client.get_model_version_by_alias(f"{EXPERIMENT}-small_cnn-4b", "champion")
+    assert version.run_id == sel.row["run_id"]
+    assert "registered models:/analysis-small_cnn-4b@champion" in text
+    assert sel.gain is not None and sel.gain.n == 4
+    base = realizations(sel.baseline["run_id"], 0.02, tracking_uri=uri)
+    cand = realizations(sel.row["run_id"], 0.02, tracking_uri=uri)
+    assert sel.gain.mean == pytest.approx(np.mean(np.array(cand) - np.array(base)))
+
+
+def test_best_download_and_evaluate_from_uri(searched, tmp_path) -> None:
+    uri, _ = searched
+    best = best_checkpoints(EXPERIMENT, tracking_uri=uri, arch="small_cnn")
+    assert (
+        len(best) == 1
+        and best.loc[0, "checkpoint_uri"] == f"runs:/{best.loc[0, 'run_id']}/checkpoint/model.pt"
+    )
+    cli = [sys.executable, "-m", "search.cli"]
+    proc = subprocess.run(
+        [*cli, "best", EXPERIMENT, "--arch", "small_cnn", "--tracking-uri", uri, "--download", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    files = list(tmp_path.rglob("model.pt"))
+    assert len(files) == 1
+    model, payload = load_checkpoint(files[0])
+    assert payload["model"]["name"] == "small_cnn" and isinstance(
+        model(torch.zeros(1, 1, 8, 8)), torch.Tensor
+    )
+    ev = subprocess.run(
+        [*cli, "evaluate", str(files[0]), "--bers", "0", "--reps", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ev.returncode == 0, ev.stderr
+    register_checkpoint(MlflowClient(uri), best.loc[0, "run_id"], "analysis-best", alias="pick")
+    ev_uri = subprocess.run(
+        [
+            *cli,
+            "evaluate",
+            "models:/analysis-best@pick",
+            "--bers",
+            "0,0.02",
+            "--reps",
+            "4",
+            "--seed",
+            "3",
+            "--tracking-uri",
+            uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ev_uri.returncode == 0, ev_uri.stderr
+    # evaluating the checkpoint with the search's error seeds reproduces the logged accuracy at BER 2%.
+    line = next(ln for ln in ev_uri.stdout.splitlines() if ln.strip().startswith("2.0000%"))
+    assert float(line.split()[1]) == pytest.approx(100 * best.loc[0, "ber_acc"], abs=0.006)
+
+
+def test_report_figures_and_data(searched, tmp_path) -> None:
+    uri, _ = searched
+    path = report_command(EXPERIMENT, tmp_path / "report", tracking_uri=uri)
+    text = path.read_text()
+    assert "## digits / small_cnn / 4-bit" in text and "verdict" in text
+    figs = sorted((tmp_path / "report").rglob("*.png"))
+    assert {f.name for f in figs} == {"ber_curves.png", "pareto.png", "mlm.png", "margins.png"}
+    for f in figs:
+        assert f.stat().st_size > 1000 and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"({f.parent.name}/{f.name})" in text
+    client = MlflowClient(uri)
+    df = runs_frame(EXPERIMENT, tracking_uri=uri)
+    parent = df["tags.mlflow.parentRunId"].iloc[0]
+    logged = {a.path for a in client.list_artifacts(parent, "figures")}
+    assert logged == {f"figures/{f.name}" for f in figs}
+
+
+def test_plotted_front_equals_computed_front(searched, tmp_path) -> None:
+    from analysis.plots import plot_pareto
+
+    uri, _ = searched
+    df, sels, _ = selections(EXPERIMENT, tracking_uri=uri)
+    sel = sels[0]
+    data = plot_pareto(
+        df, sel.front["run_id"].tolist(), sel.baseline["run_id"], sel.row["run_id"], tmp_path / "p.png"
+    )
+    front = data["front"]
+    computed = pareto_front(df[df.role == "trial"]).sort_values(
+        ["clean_acc", "ber_acc"], ascending=[True, False]
+    )
+    assert front["run_id"].tolist() == computed["run_id"].tolist()
+    assert np.allclose(front["clean_acc"], 100 * computed["clean_acc"])
+    assert np.allclose(front["ber_acc"], 100 * computed["ber_acc"])
+    assert data["selected"]["run_id"].tolist() == [sel.row["run_id"]]
+    assert data["baseline"]["run_id"].tolist() == [sel.baseline["run_id"]]
