@@ -379,6 +379,10 @@ def plot_margins(
     rows = []
     fig, ax = _new_figure()
     for run_id, values in margins.items():
+        if isinstance(values, Mapping | str | bytes):
+            raise TypeError(
+                f"margins[{run_id!r}] must be a sequence of per-sample margins, got {type(values).__name__}"
+            )
         v = np.asarray(values, dtype=float).ravel()
         v = np.sort(v[np.isfinite(v)])
         n = int(v.size)

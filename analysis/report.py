@@ -58,7 +58,8 @@ def _escape(text: str) -> str:
     """Make ``text`` safe inside a table cell: ``|`` -> ``\\|``, line breaks -> ``<br>``.
 
     GFM splits a row on every ``|`` not escaped by a backslash, where ``\\\\`` is itself an escape: so the
-    backslashes right before a pipe are doubled too (``a\\|b`` -> ``a\\\\\\|b``), which renders the text as given.
+    backslashes right before a pipe are doubled too (``a\\|b`` -> ``a\\\\\\|b``), which renders the text
+    as given.
     """
     text = _PIPE.sub(lambda m: 2 * m.group(1) + "\\|", text)
     return text.replace("\r\n", "<br>").replace("\n", "<br>").replace("\r", "<br>")
@@ -95,7 +96,7 @@ def _is_numeric_column(series: pd.Series) -> bool:
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".2f", index: bool = False) -> str:
-    """``df`` as a GitHub-flavoured Markdown table (header, alignment row, one line per row; no final newline).
+    """``df`` as a GitHub-flavoured Markdown table: header, alignment row, one line per row, no final newline.
 
     Cells are formatted by :func:`format_cell` with ``floatfmt``; ``|`` in headers and cells is escaped as
     ``\\|`` and line breaks become ``<br>``. Numeric columns are right-aligned (``---:``), the others

@@ -256,7 +256,7 @@ def _argbest(cands: pd.DataFrame, score: np.ndarray) -> pd.Series:
     margin = np.where(np.isnan(margin), np.inf, margin)
     # np.lexsort sorts by the LAST key first; all keys ascending, so negate the higher-is-better ones.
     order = np.lexsort(
-        (np.arange(len(cands)), -margin, -_col(cands, "clean_acc"), -_col(cands, "ber_acc"), -score)
+        (np.arange(len(cands)), margin, -_col(cands, "clean_acc"), -_col(cands, "ber_acc"), -score)
     )
     return cands.iloc[int(order[0])]
 

@@ -15,8 +15,10 @@ every ``p`` in [0, 1], by one of two algorithms chosen by ``pmax = max(p01, p10)
   since ``P(step > k) = P(U < (1 - pmax)**k) = (1 - pmax)**k``, and ``positions = cumsum(steps) - 1``.
   Asymmetric errors thin these candidates: each is kept with probability ``p_v / pmax``, ``p_v`` being
   ``p01`` or ``p10`` for the bit's current value ``v``, so every bit flips with probability
-  ``pmax * p_v / pmax = p_v``, independently of all others. Flips that hit the same code are merged into
-  one XOR mask. Work: one copy of the codes plus ``O(N * pmax)``, the expected number of candidates.
+  ``pmax * p_v / pmax = p_v``, independently of all others. A flip of bit ``b`` changes its code ``c`` by
+  ``(c ^ 2**b) - c = +-2**b``; the bits flipped in one code are distinct, so adding these deltas (one
+  ``scatter_add_``) XORs every code with the mask of all its flips. Work: one copy of the codes plus
+  ``O(N * pmax)``, the expected number of candidates.
 * **dense** (large ``pmax``): for every bit of every code one uniform integer ``r`` in [0, 2**63) is drawn
   and the bit flips iff ``r < round(p_v * 2**63)`` (the per-bit Bernoulli mask of the reference
   framework, with an integer threshold: exact up to 2**-64). Work: ``O(N)``.
@@ -63,8 +65,8 @@ _TWO63 = float(1 << 63)
 _BATCH_SIGMAS = 6.0  # a batch of geometric steps covers its range unless the count is 6 sigma low
 _BATCH_EXTRA = 16
 _TWO52 = float(1 << 52)
-_TWO52_BITS = 0x433 << 52  # the bit pattern of the float64 2**52
-_MANTISSA = (1 << 52) - 1  # a float64 in [2**52, 2**53) is 2**52 plus its mantissa bits
+_TWO52_BITS = 0x433 << 52  # bit pattern of the float64 2**52
+_MANTISSA = (1 << 52) - 1  # a float64 x in [2**52, 2**53) has mantissa bits x - 2**52
 _SEED_MULTIPLIER = 0xD1B54A32D192ED03  # odd: h -> h * K is a bijection mod 2**64
 
 Method = Literal["auto", "sparse", "dense"]
@@ -160,30 +162,29 @@ def _flip_bits_counted(
 
 
 def _bernoulli_ends(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
-    """``2**52 + position`` for the sorted positions in ``[0, n)`` of a Bernoulli(``p``) process, as the
-    int64 bit patterns of those float64 numbers: ``0x433 << 52 | position`` (``0 < p < 1``, ``n <= 2**52``).
+    """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process (``0 < p < 1``, ``n <= 2**52``), each
+    as the int64 bit pattern of the float64 ``2**52 + position``, i.e. ``0x433 << 52 | position``.
 
     Steps between successive events ``ceil(log(U) / log1p(-p))`` with ``U = rand`` (float64, 53 random
-    bits, in [0, 1)) are geometric on {1, 2, ...}: ``P(step > k) = P(U < (1 - p)**k) = (1 - p)**k``.
-    ``U = 0`` (probability 2**-53) gives an infinite step, which just ends the range. The positions are
-    the partial sums of the steps minus 1; one float64 ``cumsum`` starting from ``2**52 - 1`` (added to
-    the first step) gives ``2**52 + position``, an exact integer below ``2**53``, whose bit pattern holds
-    the position in its 52 mantissa bits: reading them (``view(int64)``, then a mask or shift) replaces a
-    float-to-integer conversion. The sums ``<= 2**52 + n - 1`` are kept. Batches of
+    bits, in [0, 1)) are geometric on {1, 2, ...}: ``P(step > k) = P(U < (1 - p)**k) = (1 - p)**k``
+    (computed as ``log(U) * (1 / log1p(-p))``: a few ulp from the quotient, like the logarithm itself).
+    ``U = 0`` (probability 2**-53) gives an infinite step, which just ends the range. One float64
+    ``cumsum`` of the steps, the first one raised by ``2**52 - 1``, gives ``2**52 + position``: exact
+    integers below ``2**53``, whose 52 mantissa bits are the position, so the caller reads positions,
+    code indices and bit indices from the bit pattern with integer masks and shifts (cheaper than a
+    float-to-integer conversion). Sums ``<= 2**52 + n - 1`` are kept. Batches of
     ``m p + 6 sqrt(m p) + 16`` steps for ``m`` uncovered positions are drawn, so a second batch is needed
     only with probability of order 1e-9.
     """
-    log_q = math.log1p(-p)
-    inv_log_q = 1.0 / log_q  # -inf only for p below ~1e-308, where the division is kept
+    scale = 1.0 / math.log1p(-p)  # -inf for p below ~1e-308: every step is infinite (no event)
     last = _TWO52 + (n - 1)  # exact: n <= 2**52
     pieces: list[Tensor] = []
     start = _TWO52 - 1.0  # 2**52 + the last position so far (none yet: -1)
     while True:
         expected = (last - start) * p
         size = max(1, math.ceil(expected + _BATCH_SIGMAS * math.sqrt(expected) + _BATCH_EXTRA))
-        steps = torch.rand(size, dtype=torch.float64, device=device, generator=generator).log_()
-        steps = steps.mul_(inv_log_q) if math.isfinite(inv_log_q) else steps.div_(log_q)
-        steps.ceil_()[:1].add_(start)
+        steps = torch.rand(size, dtype=torch.float64, device=device, generator=generator)
+        steps.log_().mul_(scale).ceil_()[:1].add_(start)
         ends = torch.cumsum(steps, 0, out=steps)
         inside = int(torch.searchsorted(ends, last, right=True))
         pieces.append(ends[:inside])
@@ -195,7 +196,7 @@ def _bernoulli_ends(n: int, p: float, generator: Generator | None, device: torch
 
 
 def _bernoulli_positions(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
-    """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process as int64 (see :func:`_bernoulli_ends`)."""
+    """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process, as int64 (:func:`_bernoulli_ends`)."""
     return _bernoulli_ends(n, p, generator, device) & _MANTISSA
 
 
@@ -218,11 +219,11 @@ def _flip_sparse(
 ) -> tuple[Tensor, int | Tensor]:
     """Sparse exact sampler: geometric gaps at rate ``pmax``, then thinning (module docstring).
 
-    A flip of bit ``b`` of a code holding ``c`` changes it by ``delta = (c ^ (1 << b)) - c`` (that is
-    ``+2**b`` or ``-2**b``). The bits flipped in one code are distinct, so the sum of their deltas is
+    A flip of bit ``b`` of a code holding ``c`` changes it by ``delta = (c ^ (1 << b)) - c``, that is
+    ``+2**b`` or ``-2**b``. The bits flipped in one code are distinct, so the sum of their deltas is
     ``(c ^ mask) - c`` for the XOR ``mask`` of all of them (in the wrap-around arithmetic of the integer
-    dtype): one ``scatter_add_`` of the deltas applies all flips, several in one code included, with no
-    sorting or deduplication. A candidate dropped by the thinning adds 0.
+    dtype): one ``scatter_add_`` of the deltas, computed from the clean codes, applies every flip, several
+    in one code included, without sorting or deduplicating. A candidate dropped by the thinning adds 0.
     """
     n = codes.numel() * bits
     pmax = max(p01, p10)
@@ -233,36 +234,33 @@ def _flip_sparse(
         ends = torch.arange(n, device=device) | _TWO52_BITS
     else:
         ends = _bernoulli_ends(n, pmax, generator, device)
-    # index and one-hot mask of every candidate, before the copy (which then is still in cache)
+    count: int | Tensor = ends.numel()
+    if count == 0:
+        return out, 0
+    # code index and one-hot mask (uint8) of every candidate, read from the bit patterns
     if bits == 1:
         idx, mask8 = ends & _MANTISSA, None
     elif bits & (bits - 1) == 0:
         shift = bits.bit_length() - 1
         idx = (ends >> shift).bitwise_and_(_MANTISSA >> shift)
-        # the low byte of the bit pattern is the low byte of the position (uint8 conversion wraps)
+        # the low byte of a bit pattern is the low byte of the position (the conversion wraps)
         mask8 = 1 << ends.to(torch.uint8).bitwise_and_(bits - 1)
     else:
         idx, bit = _split_positions(ends & _MANTISSA, bits)
         mask8 = 1 << bit.to(torch.uint8)
-    count: int | Tensor = idx.numel()
-    if count == 0:
-        return out, 0
     flat = out.view(-1)
-    value = flat.gather(0, idx)  # the clean codes: nothing is written before the scatter
+    value = flat.gather(0, idx)  # clean codes: nothing is written before the scatter
     if mask8 is None:
         mask: Tensor | int = 1
-    else:
-        # exact: 0x80 is -128 in int8; the other dtypes hold every mask value
+    else:  # exact: 0x80 is -128 in int8, and the wider dtypes hold every mask
         mask = mask8.view(torch.int8) if out.dtype == torch.int8 else mask8.to(out.dtype)
+    delta = (value ^ mask).sub_(value)
     if p01 != p10:
         # one uniform per candidate, whatever the code values: keep with probability p_v / pmax
         u = torch.rand(count, dtype=torch.float64, device=device, generator=generator)
-        is_one = (value & mask) != 0
-        keep = u < torch.where(is_one, p10 / pmax, p01 / pmax)  # p_max / p_max is exactly 1.0
-        delta = (value ^ mask).sub_(value).mul_(keep)
+        keep = u < torch.where((value & mask) != 0, p10 / pmax, p01 / pmax)  # pmax / pmax is exactly 1
+        delta.mul_(keep)
         count = keep.sum()
-    else:
-        delta = (value ^ mask).sub_(value)
     flat.scatter_add_(0, idx, delta)
     return out, count
 

@@ -256,6 +256,9 @@ def test_margins_summary(tmp_path):
         else:
             assert np.isnan(row["mean"]) and np.isnan(row["median"])
 
+    with pytest.raises(TypeError, match="per-sample margins"):
+        plots.plot_margins({"r": {"mean": 1.0, "median": 0.9}}, None, tmp_path / "bad.png")
+
 
 # ---------------------------------------------------------------------------------------------- layering
 

@@ -293,6 +293,14 @@ def test_weighted_ties_go_to_front_point():
     assert select(df, "weighted", weights={"clean_acc": 1.0, "ber_acc": 0.0}).row["run_id"] == "Y"
 
 
+def test_weighted_float_noise_does_not_break_ties():
+    # .5 * .70 + .5 * .94 = .82 = .5 * .71 + .5 * .93 exactly, but in floating point the second sum is
+    # .8200000000000001; the scores must count as tied, so the tie-break (higher BER) picks L.
+    df = frame(trial("L", 0.70, 0.94), trial("H", 0.71, 0.93))
+    assert 0.5 * 0.71 + 0.5 * 0.93 > 0.5 * 0.70 + 0.5 * 0.94  # the float noise this test is about
+    assert select(df, "weighted").row["run_id"] == "L"
+
+
 @pytest.mark.parametrize(
     ("weights", "match"),
     [
