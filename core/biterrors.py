@@ -46,17 +46,19 @@ from core.quantization import check_bits
 
 __all__ = ["SPARSE_MAX_P", "derive_seed", "flip_bits", "inject_bit_errors"]
 
-SPARSE_MAX_P: dict[str, float] = {"cpu": 0.15, "cuda": 0.01}
+SPARSE_MAX_P: dict[str, float] = {"cpu": 0.25, "cuda": 0.01}
 """Crossover per device type: the sparse algorithm is used when ``max(p01, p10) < SPARSE_MAX_P[type]``.
 
-CPU, measured with ``benchmarks/bench_flips.py --crossover`` (2 threads): the two paths cost the same at
-``p`` = 0.15-0.2 for 4- and 8-bit codes (about 0.3 for binary codes); the sparse path is 2x faster at 0.1
-and over 100x faster at 1e-3. Above the crossover the sparse path also needs more scratch memory (about
-50 bytes per flipped bit against 10 bytes per code). CUDA: an estimate, not yet measured (no GPU was at
-hand): a dense pass is bandwidth-bound and cheap there, while the sparse path pays ~20 kernel launches and
-3 host synchronisations; re-measure with ``--device cuda --crossover``. Devices not listed use the
-``"cpu"`` value. Both algorithms are exact, so this affects speed only, and which flips a given generator
-state maps to (a function of ``p`` and the device type only).
+CPU, measured with ``benchmarks/bench_flips.py --crossover`` (2 threads, 4M codes): the two paths cost the
+same at ``p`` = 0.3-0.35 for 4-bit codes, about 0.3 for 8-bit and 0.5 for binary codes; the sparse path
+is 2x faster at 0.2 (4-bit), 5x at 0.1 and over 100x at 1e-3. (Before the sparse path was sped up the
+crossover was 0.15-0.2.) Above the crossover the sparse path also needs more scratch memory (about
+20 bytes per candidate flip, 40 with asymmetric errors, against 10 bytes per code). CUDA: an estimate,
+not yet measured (no GPU was at hand): a dense pass is bandwidth-bound and cheap there, while the sparse
+path pays ~15 kernel launches and one host synchronisation; re-measure with
+``--device cuda --crossover``. Devices not listed use the ``"cpu"`` value. Both algorithms are exact,
+so this affects speed only, and which flips a given generator state maps to (a function of ``p`` and
+the device type only).
 """
 
 _SUPPORTED_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -67,6 +69,7 @@ _BATCH_EXTRA = 16
 _TWO52 = float(1 << 52)
 _TWO52_BITS = 0x433 << 52  # bit pattern of the float64 2**52
 _MANTISSA = (1 << 52) - 1  # a float64 x in [2**52, 2**53) has mantissa bits x - 2**52
+_BIT_TABLES: dict[tuple[torch.device, torch.dtype], Tensor] = {}  # see _bit_table
 _SEED_MULTIPLIER = 0xD1B54A32D192ED03  # odd: h -> h * K is a bijection mod 2**64
 
 Method = Literal["auto", "sparse", "dense"]
@@ -168,13 +171,12 @@ def _bernoulli_ends(n: int, p: float, generator: Generator | None, device: torch
     Steps between successive events ``ceil(log(U) / log1p(-p))`` with ``U = rand`` (float64, 53 random
     bits, in [0, 1)) are geometric on {1, 2, ...}: ``P(step > k) = P(U < (1 - p)**k) = (1 - p)**k``
     (computed as ``log(U) * (1 / log1p(-p))``: a few ulp from the quotient, like the logarithm itself).
-    ``U = 0`` (probability 2**-53) gives an infinite step, which just ends the range. One float64
-    ``cumsum`` of the steps, the first one raised by ``2**52 - 1``, gives ``2**52 + position``: exact
-    integers below ``2**53``, whose 52 mantissa bits are the position, so the caller reads positions,
-    code indices and bit indices from the bit pattern with integer masks and shifts (cheaper than a
-    float-to-integer conversion). Sums ``<= 2**52 + n - 1`` are kept. Batches of
-    ``m p + 6 sqrt(m p) + 16`` steps for ``m`` uncovered positions are drawn, so a second batch is needed
-    only with probability of order 1e-9.
+    ``U = 0`` (probability 2**-53) gives an infinite step, which just ends the range. The float64
+    ``cumsum`` of the steps plus ``2**52 - 1`` is ``2**52 + position``, an exact integer below ``2**53``
+    whose 52 mantissa bits are the position: the caller reads positions, code indices and bit indices
+    from the bit pattern with integer masks and shifts (cheaper than a float-to-integer conversion).
+    Sums ``<= 2**52 + n - 1`` are kept. Batches of ``m p + 6 sqrt(m p) + 16`` steps for ``m`` uncovered
+    positions are drawn, so a second batch is needed only with probability of order 1e-9.
     """
     scale = 1.0 / math.log1p(-p)  # -inf for p below ~1e-308: every step is infinite (no event)
     last = _TWO52 + (n - 1)  # exact: n <= 2**52
@@ -184,10 +186,9 @@ def _bernoulli_ends(n: int, p: float, generator: Generator | None, device: torch
         expected = (last - start) * p
         size = max(1, math.ceil(expected + _BATCH_SIGMAS * math.sqrt(expected) + _BATCH_EXTRA))
         steps = torch.rand(size, dtype=torch.float64, device=device, generator=generator)
-        steps.log_().mul_(scale).ceil_()[:1].add_(start)
-        ends = torch.cumsum(steps, 0, out=steps)
+        ends = torch.cumsum(steps.log_().mul_(scale).ceil_(), 0, out=steps).add_(start)
         inside = int(torch.searchsorted(ends, last, right=True))
-        pieces.append(ends[:inside])
+        pieces.append(ends.narrow(0, 0, inside))
         if inside < size:
             break
         start = float(ends[-1])
@@ -198,6 +199,16 @@ def _bernoulli_ends(n: int, p: float, generator: Generator | None, device: torch
 def _bernoulli_positions(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
     """Sorted positions in ``[0, n)`` of a Bernoulli(``p``) process, as int64 (:func:`_bernoulli_ends`)."""
     return _bernoulli_ends(n, p, generator, device) & _MANTISSA
+
+
+def _bit_table(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """``[1 << j for j in range(8)]`` in ``dtype`` on ``device``, cached (in int8 ``1 << 7`` is -128)."""
+    table = _BIT_TABLES.get((device, dtype))
+    if table is None:
+        table = torch.tensor([1 << j for j in range(8)], dtype=torch.uint8)
+        table = (table.view(torch.int8) if dtype == torch.int8 else table.to(dtype)).to(device)
+        _BIT_TABLES[device, dtype] = table
+    return table
 
 
 def _split_positions(pos: Tensor, bits: int) -> tuple[Tensor, Tensor]:
@@ -237,23 +248,17 @@ def _flip_sparse(
     count: int | Tensor = ends.numel()
     if count == 0:
         return out, 0
-    # code index and one-hot mask (uint8) of every candidate, read from the bit patterns
+    # code index and bit index of every candidate, read from the bit patterns
     if bits == 1:
-        idx, mask8 = ends & _MANTISSA, None
+        idx, bit = ends & _MANTISSA, None
     elif bits & (bits - 1) == 0:
         shift = bits.bit_length() - 1
-        idx = (ends >> shift).bitwise_and_(_MANTISSA >> shift)
-        # the low byte of a bit pattern is the low byte of the position (the conversion wraps)
-        mask8 = 1 << ends.to(torch.uint8).bitwise_and_(bits - 1)
+        idx, bit = (ends >> shift).bitwise_and_(_MANTISSA >> shift), ends & (bits - 1)
     else:
         idx, bit = _split_positions(ends & _MANTISSA, bits)
-        mask8 = 1 << bit.to(torch.uint8)
     flat = out.view(-1)
     value = flat.gather(0, idx)  # clean codes: nothing is written before the scatter
-    if mask8 is None:
-        mask: Tensor | int = 1
-    else:  # exact: 0x80 is -128 in int8, and the wider dtypes hold every mask
-        mask = mask8.view(torch.int8) if out.dtype == torch.int8 else mask8.to(out.dtype)
+    mask = 1 if bit is None else _bit_table(device, out.dtype).gather(0, bit)
     delta = (value ^ mask).sub_(value)
     if p01 != p10:
         # one uniform per candidate, whatever the code values: keep with probability p_v / pmax

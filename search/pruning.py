@@ -137,7 +137,9 @@ class OptunaPruningScheduler(FIFOScheduler):
         if key in self._finished:
             return
         value = result.get(self._metric) if result else None
-        if result and result.get("final") and value is not None and math.isfinite(float(value)):
+        if result and result.get("diverged"):
+            self._tell(key, TrialState.FAIL)
+        elif result and result.get("final") and value is not None and math.isfinite(float(value)):
             if key not in self._numbers:
                 self._optuna_trial(trial)
             self._tell(key, TrialState.COMPLETE, float(value))

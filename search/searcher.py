@@ -60,7 +60,7 @@ class PruningAwareOptunaSearch(OptunaSearch):
             values = [result.get(m) for m in self._metric]
             if any(v is None or not math.isfinite(float(v)) for v in values):
                 values = None
-        if error:
+        if error or (result and result.get("diverged")):
             state = TrialState.FAIL
         elif values is None:
             state = TrialState.PRUNED

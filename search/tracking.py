@@ -125,10 +125,13 @@ class MlflowTrialLogger(Callback):
         self._checkpoints: dict[str, Any] = {}
         self._closed: set[str] = set()
         self._nodes: dict[str, str] = {}
+        self._resumed: dict[str, int] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _last_step={}, _checkpoints={}, _closed=set(), _nodes={})
+        state.update(
+            _client=None, _runs={}, _last_step={}, _checkpoints={}, _closed=set(), _nodes={}, _resumed={}
+        )
         return state
 
     @property
@@ -194,6 +197,11 @@ class MlflowTrialLogger(Callback):
         if node and self._nodes.get(run_id) != node:
             self.client.set_tag(run_id, "mcel.node_id", str(node))
             self._nodes[run_id] = node
+        if result.get("start_epoch") and self._resumed.get(run_id) != result["start_epoch"]:
+            self.client.set_tag(run_id, "mcel.resumed_from_epoch", str(result["start_epoch"]))
+            self._resumed[run_id] = result["start_epoch"]
+        if result.get("diverged"):
+            return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         if step <= self._last_step.get(run_id, 0):
             return  # already logged (a retry or a resumed search replays epochs from its last checkpoint)
@@ -246,6 +254,12 @@ class MlflowTrialLogger(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         run_id = self.run_id(trial)
         if run_id in self._closed:
+            return
+        if trial.last_result.get("diverged"):
+            self.client.set_tag(run_id, "mcel.state", "errored")
+            self.client.set_tag(run_id, "mcel.error", str(trial.last_result.get("error", "diverged"))[:5000])
+            self.client.set_terminated(run_id, "FAILED")
+            self._closed.add(run_id)
             return
         final = bool(trial.last_result.get("final"))
         summary = self._upload(run_id, trial)

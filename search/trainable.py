@@ -28,7 +28,7 @@ from ray import tune
 from core.checkpoint import save_checkpoint
 from core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margin_statistics
 from core.experiment import TrialSpec, build, checkpoint_meta
-from core.training import TrainConfig, Trainer
+from core.training import TrainConfig, Trainer, TrainingDivergedError
 from search.searcher import NUMBER_KEY
 
 TRAINER_FILE = "trainer.pt"
@@ -96,13 +96,32 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
 
     # A trial restored after its last epoch (the driver died before recording it) reports its final result
     # again from the trained weights instead of training further.
+    start_epoch = trainer.epoch  # > 0: resumed from a checkpoint (a retry, a lost node, a driver restart)
     replay_final = trainer.epoch >= epochs and bool(trainer.history)
     while replay_final or trainer.epoch < epochs:
-        stats = trainer.history[-1] if replay_final else trainer.train_epoch()
+        try:
+            stats = trainer.history[-1] if replay_final else trainer.train_epoch()
+        except TrainingDivergedError as exc:
+            # Deterministic: a retry would diverge again. End the trial with the reason instead of raising, so
+            # Tune does not retry it; the searcher and scheduler tell it FAIL, MLflow marks it errored.
+            nan = float("nan")  # every key a searcher or scheduler watches must be present (Tune checks)
+            tune.report(
+                {
+                    "epoch": trainer.epoch + 1,
+                    "diverged": True,
+                    "error": str(exc),
+                    "start_epoch": start_epoch,
+                    **dict.fromkeys(
+                        ("train_loss", "train_acc", "mlm", "clean_acc", "ber_acc", "ber_acc_std"), nan
+                    ),
+                }
+            )
+            return
         replay_final = False
         final = trainer.epoch >= epochs
         metrics: dict[str, Any] = {
             "node_id": _node_id(),
+            "start_epoch": start_epoch,
             "epoch": trainer.epoch,
             "train_loss": stats.train_loss,
             "train_acc": stats.train_acc,
@@ -110,6 +129,9 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             "lr": stats.lr,
             "clean_acc": evaluate_accuracy(trainer.model, test),
         }
+        # ber_acc is NaN where not measured with the full protocol (the key must be in every result: Tune
+        # checks that the searcher's metrics are; NaN is never logged, never reported to a pruner).
+        metrics["ber_acc"] = metrics["ber_acc_std"] = float("nan")
         if final or trainer.epoch % every == 0:
             use_subset = subset is not None and not final
             batches = subset if use_subset else test

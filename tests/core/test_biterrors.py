@@ -211,6 +211,40 @@ def test_many_small_batches_keep_the_rate(monkeypatch: pytest.MonkeyPatch, p: fl
     assert_within(flipped, n, p, "sparse flips in small batches")
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64])
+@pytest.mark.parametrize("bits", [1, 3, 4, 8])
+@pytest.mark.parametrize(("p01", "p10"), [(0.3, 0.3), (0.05, 0.4)])
+def test_sparse_flips_exactly_the_drawn_positions(
+    dtype: torch.dtype, bits: int, p01: float, p10: float
+) -> None:
+    """Reference in plain Python: XOR bit ``pos % bits`` of code ``pos // bits`` for every drawn position
+    (thinned with the uniforms drawn next, on the clean bit values); several flips in one code included."""
+    numel = 3000
+    codes = random_codes(numel, bits, seed=151, dtype=dtype)
+    pmax = max(p01, p10)
+    g = gen(157)
+    positions = biterrors._bernoulli_positions(numel * bits, pmax, g, torch.device("cpu")).tolist()
+    u = torch.rand(len(positions), dtype=torch.float64, generator=g).tolist() if p01 != p10 else None
+    clean = codes.to(torch.int64).tolist()
+    expected = list(clean)
+    for k, position in enumerate(positions):
+        i, b = divmod(position, bits)
+        if u is None or u[k] < (p10 if clean[i] >> b & 1 else p01) / pmax:
+            expected[i] ^= 1 << b
+    out = flip_bits(codes, bits, p01, p10, generator=gen(157), method="sparse")
+    assert torch.equal(out, torch.tensor(expected).to(dtype))
+    if bits > 1:
+        assert int((popcount((out ^ codes).to(torch.int64) & 0xFF) >= 2).sum()) > 0, "no code with 2 flips"
+
+
+def test_bernoulli_ends_are_the_bit_patterns_of_2_52_plus_positions() -> None:
+    cpu = torch.device("cpu")
+    ends = biterrors._bernoulli_ends(1_000_000, 1e-3, gen(163), cpu)
+    positions = biterrors._bernoulli_positions(1_000_000, 1e-3, gen(163), cpu)
+    assert ends.dtype == torch.int64 and positions.numel() > 0
+    assert torch.equal(ends.view(torch.float64) - 2.0**52, positions.to(torch.float64))
+
+
 def test_split_positions_matches_integer_division() -> None:
     pos = torch.cat([torch.arange(0, 10_000), torch.randint(0, 2**48, (100_000,), generator=gen(89))])
     for bits in range(1, 9):
