@@ -14,10 +14,13 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from mlflow.tracking import MlflowClient
+
+if TYPE_CHECKING:
+    from analysis.selection import Selection
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
@@ -179,7 +182,7 @@ def checkpoint_uri(run_id: str) -> str:
     return f"runs:/{run_id}/{CHECKPOINT_ARTIFACT}"
 
 
-def best_checkpoints(
+def selections(
     experiment: str,
     *,
     tracking_uri: str | None = None,
@@ -187,37 +190,44 @@ def best_checkpoints(
     bits: int | None = None,
     rule: str = "constraint",
     max_clean_drop: float = 1.0,
+    weights: Mapping[str, float] | None = None,
     target_ber: float | None = None,
-) -> pd.DataFrame:
-    """Per (dataset, arch, bits) the selected trial (``analysis.selection`` rule): run id, metrics, the
-    paired gain over the CEL baseline and the checkpoint URI. Empty when no trial completed."""
+) -> tuple[pd.DataFrame, list[Selection], float]:
+    """The runs table, one :class:`~analysis.selection.Selection` per (dataset, arch, bits) (paired gains
+    from the runs' BER curves at the target BER), and the target BER used (default: the spec's)."""
     from analysis.selection import select_all
 
-    filters = {}
+    filters: dict[str, str] = {}
     if arch:
         filters["arch"] = arch
     if bits is not None:
         filters["bits"] = str(bits)
     df = runs_frame(experiment, tracking_uri=tracking_uri, filters=filters)
     if df.empty:
-        return pd.DataFrame(columns=["run_id", "arch", "bits", "checkpoint_uri"])
+        raise ValueError(f"experiment {experiment!r} has no trial runs matching {filters or 'any'}")
     ber = target_ber if target_ber is not None else _target_ber(df)
     sels = select_all(
         df,
         rule=rule,
         max_clean_drop=max_clean_drop,
+        weights=weights,
         realizations=lambda rid: realizations(rid, ber, tracking_uri=tracking_uri),
         target_ber=ber,
     )
-    rows = []
-    for sel in sels:
-        if sel.row is None:
-            continue
-        summary = sel.summary()
-        rows.append(
-            {"run_id": sel.row["run_id"], **summary, "checkpoint_uri": checkpoint_uri(sel.row["run_id"])}
-        )
-    return pd.DataFrame(rows)
+    return df, sels, ber
+
+
+def best_checkpoints(experiment: str, *, tracking_uri: str | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Per (dataset, arch, bits) the selected trial (``analysis.selection`` rule; ``kwargs`` as
+    :func:`selections`): run id, metrics, the paired gain over the CEL baseline and the checkpoint URI.
+    Empty when no trial was selected."""
+    _, sels, _ = selections(experiment, tracking_uri=tracking_uri, **kwargs)
+    rows = [
+        {**sel.summary(), "run_id": sel.row["run_id"], "checkpoint_uri": checkpoint_uri(sel.row["run_id"])}
+        for sel in sels
+        if sel.row is not None
+    ]
+    return pd.DataFrame(rows, columns=None if rows else ["run_id", "arch", "bits", "checkpoint_uri"])
 
 
 def _target_ber(df: pd.DataFrame) -> float:

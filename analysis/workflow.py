@@ -9,7 +9,6 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,48 +16,14 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from analysis.queries import (
-    _target_ber,
     ber_records,
     default_tracking_uri,
     metric_history,
-    realizations,
     register_checkpoint,
-    runs_frame,
+    selections,
     tag_front_and_selection,
 )
-from analysis.selection import Selection, format_selection, select_all
-
-
-def selections(
-    experiment: str,
-    *,
-    tracking_uri: str | None = None,
-    arch: str | None = None,
-    bits: int | None = None,
-    rule: str = "constraint",
-    max_clean_drop: float = 1.0,
-    weights: Mapping[str, float] | None = None,
-    target_ber: float | None = None,
-) -> tuple[pd.DataFrame, list[Selection], float]:
-    """The runs table, one :class:`Selection` per (dataset, arch, bits), and the target BER used."""
-    filters: dict[str, str] = {}
-    if arch:
-        filters["arch"] = arch
-    if bits is not None:
-        filters["bits"] = str(bits)
-    df = runs_frame(experiment, tracking_uri=tracking_uri, filters=filters)
-    if df.empty:
-        raise ValueError(f"experiment {experiment!r} has no trial runs matching {filters or 'any'}")
-    ber = target_ber if target_ber is not None else _target_ber(df)
-    sels = select_all(
-        df,
-        rule=rule,
-        max_clean_drop=max_clean_drop,
-        weights=weights,
-        realizations=lambda rid: realizations(rid, ber, tracking_uri=tracking_uri),
-        target_ber=ber,
-    )
-    return df, sels, ber
+from analysis.selection import Selection, format_selection
 
 
 def _group_name(experiment: str, sel: Selection) -> str:

@@ -256,6 +256,18 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _selection_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        "tracking_uri": args.tracking_uri,
+        "arch": args.arch,
+        "bits": args.bits,
+        "rule": args.rule,
+        "max_clean_drop": args.max_clean_drop,
+        "weights": _weights(args.weights),
+        "target_ber": args.target_ber,
+    }
+
+
 def _weights(text: str | None) -> dict[str, float] | None:
     if not text:
         return None
@@ -285,18 +297,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from analysis.workflow import pareto_command
 
     print(
-        pareto_command(
-            args.experiment,
-            tracking_uri=args.tracking_uri,
-            arch=args.arch,
-            bits=args.bits,
-            rule=args.rule,
-            max_clean_drop=args.max_clean_drop,
-            weights=_weights(args.weights),
-            target_ber=args.target_ber,
-            register=args.register,
-            alias=args.alias,
-        )
+        pareto_command(args.experiment, register=args.register, alias=args.alias, **_selection_kwargs(args))
     )
     return 0
 
@@ -313,15 +314,7 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
 def cmd_best(args: argparse.Namespace) -> int:
     from analysis.queries import best_checkpoints, download_checkpoint
 
-    best = best_checkpoints(
-        args.experiment,
-        tracking_uri=args.tracking_uri,
-        arch=args.arch,
-        bits=args.bits,
-        rule=args.rule,
-        max_clean_drop=args.max_clean_drop,
-        target_ber=args.target_ber,
-    )
+    best = best_checkpoints(args.experiment, **_selection_kwargs(args))
     if best.empty:
         raise UsageError(
             f"experiment {args.experiment!r} has no completed trial matching arch={args.arch} bits={args.bits}"
@@ -353,17 +346,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     from analysis.workflow import report_command
 
-    path = report_command(
-        args.experiment,
-        args.out,
-        tracking_uri=args.tracking_uri,
-        arch=args.arch,
-        bits=args.bits,
-        rule=args.rule,
-        max_clean_drop=args.max_clean_drop,
-        weights=_weights(args.weights),
-        target_ber=args.target_ber,
-    )
+    path = report_command(args.experiment, args.out, **_selection_kwargs(args))
     print(f"wrote {path}")
     return 0
 
