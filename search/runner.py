@@ -79,7 +79,10 @@ def _resolve_tracking_uri(uri: str) -> str:
 
 def _optuna_storage(spec: SearchSpec, storage_path: str) -> str:
     if spec.storage.optuna:
-        return _resolve_tracking_uri(spec.storage.optuna)
+        url = _resolve_tracking_uri(spec.storage.optuna)
+        if url.startswith("sqlite:///"):
+            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+        return url
     if "://" in storage_path:
         raise SearchStateError(
             "storage.optuna: null — with a remote storage.path an Optuna RDB URL must be given "

@@ -248,6 +248,9 @@ def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server)
         used = {r.data.tags["mcel.node_id"] for r in runs}
         worker_ids = {n.node_id for n in nodes}
         assert used == worker_ids, (used, worker_ids)  # both workers, never the head (0 CPUs)
+        # ... and at once: some two trials on different workers overlapped in time.
+        spans = [(r.data.tags["mcel.node_id"], r.info.start_time, r.info.end_time) for r in runs]
+        assert any(a[0] != b[0] and a[1] < b[2] and b[1] < a[2] for a in spans for b in spans), spans
     finally:
         ray.shutdown()
         cluster.shutdown()
