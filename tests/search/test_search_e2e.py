@@ -48,6 +48,10 @@ def base_spec(name: str, tmp_path: Path, tracking_uri: str, **over) -> dict:
     return spec
 
 
+def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, key))
+
+
 def child_runs(client: MlflowClient, experiment: str) -> list:
     exp = client.get_experiment_by_name(experiment)
     return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mcel.role") != "parent"]
@@ -131,6 +135,8 @@ def test_pruner_stops_trials_that_cannot_learn(tmp_path, mlflow_server, local_ra
             trials_per_arch=8,
             concurrency=1,
             baseline={"enabled": False},
+            # ber_acc every 2 epochs on the first 120 test images, the final epoch on all of them.
+            objective={"target_ber": 0.01, "reps": 3, "every": 2, "subset": 120},
             # RandomSampler(seed=0) draws b = 4, 1e-6, 4, 1e-6, 1e-6, ...: a learner completes first, so the
             # median pruner has a reference (checked below, so a changed sampler fails loudly, not silently).
             sampler={"name": "random", "seed": 0},
@@ -158,6 +164,9 @@ def test_pruner_stops_trials_that_cannot_learn(tmp_path, mlflow_server, local_ra
             assert "ber_acc_at_0.01" not in run.data.metrics
         else:
             assert states[number] == optuna.trial.TrialState.COMPLETE and epochs_run == 5
+            rid = run.info.run_id
+            assert _steps(client, rid, "ber_acc_sub120") == [2, 4] and _steps(client, rid, "ber_acc") == [5]
+            assert _steps(client, rid, "clean_acc") == [1, 2, 3, 4, 5]
     # the learners were never pruned, and a pruned trial enters no Pareto front of the study.
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.best_trials)
     assert {r.data.params["b"] for r in runs if r.data.tags["mcel.state"] == "completed"} >= {"4.0"}
