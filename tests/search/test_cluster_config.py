@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from search.cluster import (
+    ALL_INTERFACES,
     check_cluster_config,
     check_cluster_file,
     check_trial_fit,
@@ -227,7 +228,10 @@ AWS_MUTATIONS: dict[str, tuple[Callable[[dict], Any], str]] = {
         ),
         "ray-from-venv",
     ),
-    "mlflow-all-interfaces": (_replace(HEAD_START, "--host $HEAD_IP", "--host 0.0.0.0"), "mlflow-bind"),
+    "mlflow-all-interfaces": (
+        _replace(HEAD_START, "--host $HEAD_IP", f"--host {ALL_INTERFACES}"),
+        "mlflow-bind",
+    ),
     "mlflow-public-ip": (_replace(HEAD_START, "--host $HEAD_IP", "--host 54.12.3.4"), "mlflow-bind"),
     "mlflow-loopback": (_replace(HEAD_START, "--host $HEAD_IP", "--host 127.0.0.1"), "mlflow-bind"),
     "mlflow-no-host": (_replace(HEAD_START, "--host $HEAD_IP ", ""), "mlflow-bind"),
@@ -238,7 +242,7 @@ AWS_MUTATIONS: dict[str, tuple[Callable[[dict], Any], str]] = {
         "mlflow-on-worker",
     ),
     "dashboard-public": (
-        _replace(HEAD_START, "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0"),
+        _replace(HEAD_START, "--dashboard-host=127.0.0.1", f"--dashboard-host={ALL_INTERFACES}"),
         "dashboard-bind",
     ),
     "dashboard-unsaid": (_replace(HEAD_START, "--dashboard-host=127.0.0.1", ""), "dashboard-bind"),
@@ -255,7 +259,7 @@ AWS_MUTATIONS: dict[str, tuple[Callable[[dict], Any], str]] = {
                         "FromPort": 5000,
                         "ToPort": 5000,
                         "IpProtocol": "tcp",
-                        "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+                        "IpRanges": [{"CidrIp": f"{ALL_INTERFACES}/0"}],
                     }
                 ]
             }
@@ -317,9 +321,12 @@ GCP_MUTATIONS: dict[str, tuple[Callable[[dict], Any], str]] = {
         "head-runs-trials",
     ),
     "worker-no-gpu": (_node("gpu-t4", lambda n: n["resources"].pop("GPU")), "worker-gpu"),
-    "mlflow-all-interfaces": (_replace(HEAD_START, "--host $HEAD_IP", "--host 0.0.0.0"), "mlflow-bind"),
+    "mlflow-all-interfaces": (
+        _replace(HEAD_START, "--host $HEAD_IP", f"--host {ALL_INTERFACES}"),
+        "mlflow-bind",
+    ),
     "dashboard-public": (
-        _replace(HEAD_START, "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0"),
+        _replace(HEAD_START, "--dashboard-host=127.0.0.1", f"--dashboard-host={ALL_INTERFACES}"),
         "dashboard-bind",
     ),
     "real-bucket": (_replace(HEAD_START, "gs://YOUR-BUCKET/", "gs://my-lab-results/"), "bucket-placeholder"),
@@ -354,7 +361,7 @@ def test_ray_on_the_venvs_path_is_fine() -> None:
 
 def test_open_ssh_alone_is_fine() -> None:
     cfg, _ = load("aws")
-    ssh = {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    ssh = {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp", "IpRanges": [{"CidrIp": f"{ALL_INTERFACES}/0"}]}
     cfg["provider"]["security_group"] = {"IpPermissions": [ssh]}
     assert check_cluster_config(cfg) == []
 
