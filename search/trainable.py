@@ -132,19 +132,23 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         # ber_acc is NaN where not measured with the full protocol (the key must be in every result: Tune
         # checks that the searcher's metrics are; NaN is never logged, never reported to a pruner).
         metrics["ber_acc"] = metrics["ber_acc_std"] = float("nan")
+        target, p10 = objective["target_ber"], objective.get("p10")
+        curve = (
+            ber_sweep(trainer.model, test, sweep["bers"], sweep["reps"], objective["seed"], p10=p10)
+            if final
+            else None
+        )
         if final or trainer.epoch % every == 0:
             use_subset = subset is not None and not final
-            batches = subset if use_subset else test
-            result = ber_sweep(
-                trainer.model,
-                batches,
-                [objective["target_ber"]],
-                objective["reps"],
-                objective["seed"],
-                p10=objective.get("p10"),
-            )
+            if curve is not None and sweep["reps"] == objective["reps"] and target in sweep["bers"]:
+                result = curve  # the final curve already holds the objective's realizations: same seeds
+            else:
+                batches = subset if use_subset else test
+                result = ber_sweep(
+                    trainer.model, batches, [target], objective["reps"], objective["seed"], p10=p10
+                )
             name = f"ber_acc_sub{subset_n}" if use_subset else "ber_acc"
-            s = result.summary[0]
+            s = result.at(target)
             metrics[name] = s.mean
             metrics[f"{name}_std"] = s.std
             metrics[f"{name}_min"] = s.min
@@ -152,14 +156,6 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             tmpdir = Path(tmp)
             torch.save(trainer.state_dict(), tmpdir / TRAINER_FILE)
             if final:
-                curve = ber_sweep(
-                    trainer.model,
-                    test,
-                    sweep["bers"],
-                    sweep["reps"],
-                    objective["seed"],
-                    p10=objective.get("p10"),
-                )
                 margins = margin_statistics(trainer.model, test)
                 _write_curve(tmpdir / CURVE_FILE, curve.records)
                 margin_summary = {k: v for k, v in margins.items() if k != "margins"}
@@ -172,6 +168,7 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                     "objective_records": [
                         {"rep": r["rep"], "seed": r["seed"], "accuracy": r["accuracy"]}
                         for r in result.records
+                        if r["ber"] == target
                     ],
                     "test_margins": margin_summary,
                     "margins": margins["margins"],
