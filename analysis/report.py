@@ -15,7 +15,6 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,8 @@ from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
+
+from core.atomic import atomic_write
 
 __all__ = ["REPORT_NAME", "ReportSection", "format_cell", "markdown_table", "render_report", "write_report"]
 
@@ -205,14 +206,6 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     text = render_report(sections, title, out_dir, floatfmt=floatfmt)
     target = out_dir / REPORT_NAME
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{REPORT_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(target, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
     return target

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from core.atomic import atomic_write
 
 FORMAT = "mcel-checkpoint"
 VERSION = 1
@@ -39,18 +40,9 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, A
     if "model" not in meta:
         raise ValueError("checkpoint meta needs a 'model' entry with the create_model arguments")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "version": VERSION, **meta, "state_dict": model.state_dict()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from core.atomic import atomic_write
 from core.checkpoint import save_checkpoint
 from core.data import load_dataset
 from core.evaluation import evaluate_accuracy, margin_statistics
@@ -151,9 +152,8 @@ def run_trial(
         ckpt = save_checkpoint(
             out / "checkpoint.pt", trainer.model, checkpoint_meta(spec, data, {"clean_acc": clean})
         )
-        tmp = out / ".metrics.json.tmp"
-        tmp.write_text(json.dumps(metrics, indent=2, default=_json_default))
-        tmp.replace(out / "metrics.json")
+        with atomic_write(out / "metrics.json", "w") as fh:
+            fh.write(json.dumps(metrics, indent=2, default=_json_default))
     return TrialResult(
         model=trainer.model.eval(), history=trainer.history, clean_acc=clean, margins=margins, checkpoint=ckpt
     )

@@ -346,30 +346,3 @@ def _study_outcome(
         else:
             outcome.trials.append(row)
     return outcome
-
-
-def format_outcome(outcome: SearchOutcome, target_ber: float) -> str:
-    """The interim per-architecture table of completed trials, best ``ber_acc`` first."""
-    lines = []
-    for s in outcome.studies:
-        done = [t for t in s.trials if t["state"] == "completed"]
-        states = {
-            st: sum(1 for t in s.trials if t["state"] == st) for st in ("completed", "pruned", "errored")
-        }
-        lines.append(
-            f"\n{s.study}: {states['completed']} completed, {states['pruned']} pruned, {states['errored']} errored"
-        )
-        lines.append(
-            f"  {'trial':>5}  {'loss':>5}  {'margin':>7}  {'b':>6}  {'scale':>6}  {'clean %':>8}  {'BER ' + format(target_ber, 'g') + ' %':>12}"
-        )
-        rows = ([s.baseline] if s.baseline and s.baseline["state"] == "completed" else []) + sorted(
-            done, key=lambda t: -t["metrics"].get("ber_acc", 0.0)
-        )
-        for t in rows:
-            p, m = t["params"], t["metrics"]
-            lines.append(
-                f"  {t['number'] or 'base':>5}  {p.get('loss', ''):>5}  {p.get('margin', '-'):>7}  {p.get('b', '-'):>6}  "
-                f"{p.get('logit_scale', '-'):>6}  {100 * m.get('clean_acc', float('nan')):>8.2f}  "
-                f"{100 * m.get('ber_acc', float('nan')):>7.2f} ± {100 * m.get('ber_acc_std', float('nan')):.2f}"
-            )
-    return "\n".join(lines)
