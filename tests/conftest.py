@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import subprocess
@@ -90,3 +91,38 @@ def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     yield
     ray.shutdown()
+
+
+SMALL_SPEC = {
+    "dataset": "digits",
+    "architectures": ["small_cnn"],
+    "bits": [4],
+    "losses": ["mcel"],
+    "space": {"margin": {"choice": [1.0, 2.0]}, "b": {"choice": [4.0, 8.0]}},
+    "train": {"epochs": 3, "batch_size": 64, "step_size": 2, "device": "cpu"},
+    "objective": {"target_ber": 0.01, "reps": 2},
+    "sweep": {"bers": [0.0, 0.01], "reps": 2},
+    "trials_per_arch": 4,
+    "concurrency": 2,
+    "sampler": {"name": "random", "seed": 0},
+    "pruner": {"name": "none"},
+    "baseline": {"enabled": False},
+}
+
+
+@pytest.fixture()
+def small_spec(tmp_path, mlflow_server):
+    """A factory of small search-spec dicts (small_cnn on digits, a few epochs) tracked by the test server:
+    ``small_spec(name, **top_level_overrides)``; every call returns a fresh deep copy."""
+
+    def make(name: str, **over) -> dict:
+        spec = copy.deepcopy(SMALL_SPEC)
+        spec.update(
+            name=name,
+            tracking={"uri": mlflow_server.uri, "experiment": name},
+            storage={"path": str(tmp_path / "ray")},
+        )
+        spec.update(copy.deepcopy(over))
+        return spec
+
+    return make

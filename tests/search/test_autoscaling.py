@@ -218,7 +218,9 @@ def test_fake_cluster_config_has_the_real_clusters_shape() -> None:
 
 
 @pytest.mark.slow
-def test_gpu_workers_scale_up_for_pending_trials_and_down_when_idle(tmp_path, mlflow_server) -> None:
+def test_gpu_workers_scale_up_for_pending_trials_and_down_when_idle(
+    tmp_path, mlflow_server, small_spec
+) -> None:
     import ray
 
     if ray.is_initialized():
@@ -227,25 +229,11 @@ def test_gpu_workers_scale_up_for_pending_trials_and_down_when_idle(tmp_path, ml
     max_workers = cfg["max_workers"]
     name = "autoscale"
     spec = parse_spec(
-        {
-            "name": name,
-            "dataset": "digits",
-            "architectures": ["small_cnn"],
-            "bits": [4],
-            "losses": ["mcel"],
-            "space": {"margin": {"choice": [1.0, 2.0]}, "b": {"choice": [4.0, 8.0]}},
-            "train": {"epochs": 3, "batch_size": 64, "step_size": 2, "device": "cpu"},
-            "objective": {"target_ber": 0.01, "reps": 2},
-            "sweep": {"bers": [0.0, 0.01], "reps": 2},
-            "trials_per_arch": 4,
-            "concurrency": 4,
-            "resources": {"cpu": 1, "gpu": 0.5},  # two trials per fake GPU worker: 4 trials want 2 workers
-            "sampler": {"name": "random", "seed": 0},
-            "pruner": {"name": "none"},
-            "baseline": {"enabled": False},
-            "tracking": {"uri": mlflow_server.uri, "experiment": name},
-            "storage": {"path": str(tmp_path / "ray")},
-        }
+        small_spec(
+            name,
+            concurrency=4,
+            resources={"cpu": 1, "gpu": 0.5},  # two trials per fake GPU worker: 4 trials want 2 workers
+        )
     )
     cluster = FakeAutoscalingCluster(FAKE_CLUSTER)
     watch = NodeWatch()

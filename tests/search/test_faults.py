@@ -15,29 +15,6 @@ from search.spec import parse_spec
 pytestmark = pytest.mark.slow
 
 
-def _spec(name: str, tmp_path, uri: str, **over) -> dict:
-    spec = {
-        "name": name,
-        "dataset": "digits",
-        "architectures": ["small_cnn"],
-        "bits": [4],
-        "losses": ["mcel"],
-        "space": {"margin": {"choice": [1.0, 2.0]}, "b": {"choice": [4.0, 8.0]}},
-        "train": {"epochs": 3, "batch_size": 64, "step_size": 2, "device": "cpu"},
-        "objective": {"target_ber": 0.01, "reps": 2},
-        "sweep": {"bers": [0.0, 0.01], "reps": 2},
-        "trials_per_arch": 4,
-        "concurrency": 2,
-        "sampler": {"name": "random", "seed": 0},
-        "pruner": {"name": "none"},
-        "baseline": {"enabled": False},
-        "tracking": {"uri": uri, "experiment": name},
-        "storage": {"path": str(tmp_path / "ray")},
-    }
-    spec.update(over)
-    return spec
-
-
 def _runs(client: MlflowClient, name: str) -> list:
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -45,13 +22,13 @@ def _runs(client: MlflowClient, name: str) -> list:
     return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mcel.role") == "trial"]
 
 
-def test_nan_trial_ends_errored_with_reason_and_search_goes_on(tmp_path, mlflow_server, local_ray) -> None:
+def test_nan_trial_ends_errored_with_reason_and_search_goes_on(
+    tmp_path, mlflow_server, local_ray, small_spec
+) -> None:
     # logit_scale 1e39 overflows float32 to inf: the loss is NaN in the first epoch.
     spec = parse_spec(
-        _spec(
+        small_spec(
             "nan",
-            tmp_path,
-            mlflow_server.uri,
             space={"margin": 2.0, "b": 4.0, "logit_scale": {"choice": [1.0, 1e39]}},
             trials_per_arch=5,
         )
@@ -77,7 +54,7 @@ def test_nan_trial_ends_errored_with_reason_and_search_goes_on(tmp_path, mlflow_
         assert states[int(r.data.tags["mcel.optuna_number"])] == expected
 
 
-def test_worker_node_lost_mid_search_trials_resume_on_the_other(tmp_path, mlflow_server) -> None:
+def test_worker_node_lost_mid_search_trials_resume_on_the_other(tmp_path, mlflow_server, small_spec) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -89,10 +66,8 @@ def test_worker_node_lost_mid_search_trials_resume_on_the_other(tmp_path, mlflow
     cluster.wait_for_nodes()
     epochs = 20
     spec = parse_spec(
-        _spec(
+        small_spec(
             "lostnode",
-            tmp_path,
-            mlflow_server.uri,
             train={"epochs": epochs, "batch_size": 16, "step_size": 10, "device": "auto"},
             resources={"cpu": 0.5, "gpu": 0.5},
             concurrency=4,

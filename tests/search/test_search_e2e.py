@@ -26,26 +26,19 @@ from search.spec import parse_spec
 pytestmark = pytest.mark.slow
 
 
-def base_spec(name: str, tmp_path: Path, tracking_uri: str, **over) -> dict:
-    spec = {
-        "name": name,
-        "dataset": "digits",
-        "architectures": ["small_cnn"],
-        "bits": [4],
-        "losses": ["mcel"],
-        "space": {"margin": {"choice": [1, 2, 4]}, "b": {"choice": [4.0, 8.0]}},
-        "train": {"epochs": 3, "batch_size": 64, "step_size": 2, "device": "cpu"},
-        "objective": {"target_ber": 0.01, "reps": 3},
-        "sweep": {"bers": [0.0, 0.01, 0.05], "reps": 3},
-        "trials_per_arch": 6,
-        "concurrency": 2,
-        "sampler": {"name": "random", "seed": 1},
-        "pruner": {"name": "none"},
-        "tracking": {"uri": tracking_uri, "experiment": name},
-        "storage": {"path": str(tmp_path / "ray")},
-    }
-    spec.update(over)
-    return spec
+# Overrides of the shared small spec (tests/conftest.py) used by the searches in this file.
+E2E = {
+    "space": {"margin": {"choice": [1, 2, 4]}, "b": {"choice": [4.0, 8.0]}},
+    "objective": {"target_ber": 0.01, "reps": 3},
+    "sweep": {"bers": [0.0, 0.01, 0.05], "reps": 3},
+    "trials_per_arch": 6,
+    "sampler": {"name": "random", "seed": 1},
+    "baseline": {"enabled": True},
+}
+
+
+def e2e_spec(small_spec, name: str, **over) -> dict:
+    return small_spec(name, **{**E2E, **over})
 
 
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -57,8 +50,10 @@ def child_runs(client: MlflowClient, experiment: str) -> list:
     return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mcel.role") != "parent"]
 
 
-def test_search_tracks_every_trial_in_mlflow_and_optuna(tmp_path, mlflow_server, local_ray) -> None:
-    spec = parse_spec(base_spec("e2e", tmp_path, mlflow_server.uri))
+def test_search_tracks_every_trial_in_mlflow_and_optuna(
+    tmp_path, mlflow_server, local_ray, small_spec
+) -> None:
+    spec = parse_spec(e2e_spec(small_spec, "e2e"))
     outcome = run_search(spec, verbose=0)
     client = MlflowClient(mlflow_server.uri)
     runs = child_runs(client, "e2e")
@@ -122,14 +117,13 @@ def test_search_tracks_every_trial_in_mlflow_and_optuna(tmp_path, mlflow_server,
     assert len(seeds) == 1
 
 
-def test_pruner_stops_trials_that_cannot_learn(tmp_path, mlflow_server, local_ray) -> None:
+def test_pruner_stops_trials_that_cannot_learn(tmp_path, mlflow_server, local_ray, small_spec) -> None:
     # b = 1e-6 saturates tanh for every logit the network produces: zero gradient, the model cannot learn,
     # and its clean accuracy stays at chance; the median pruner must stop those trials early.
     spec = parse_spec(
-        base_spec(
+        e2e_spec(
+            small_spec,
             "prune",
-            tmp_path,
-            mlflow_server.uri,
             space={"margin": {"choice": [1.0, 2.0]}, "b": {"choice": [4.0, 1e-6]}},
             train={"epochs": 5, "batch_size": 64, "step_size": 3, "device": "cpu"},
             trials_per_arch=8,
@@ -172,8 +166,8 @@ def test_pruner_stops_trials_that_cannot_learn(tmp_path, mlflow_server, local_ra
     assert {r.data.params["b"] for r in runs if r.data.tags["mcel.state"] == "completed"} >= {"4.0"}
 
 
-def test_driver_killed_then_resumed_counts_every_trial_once(tmp_path, mlflow_server) -> None:
-    spec = base_spec("resume", tmp_path, mlflow_server.uri, trials_per_arch=6, concurrency=1)
+def test_driver_killed_then_resumed_counts_every_trial_once(tmp_path, mlflow_server, small_spec) -> None:
+    spec = e2e_spec(small_spec, "resume", trials_per_arch=6, concurrency=1)
     spec["train"]["epochs"] = 4
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -227,7 +221,7 @@ def test_driver_killed_then_resumed_counts_every_trial_once(tmp_path, mlflow_ser
     assert "resume-small_cnn-4b" in resumed.stdout and "6 completed" in resumed.stdout
 
 
-def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server) -> None:
+def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server, small_spec) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
@@ -239,10 +233,9 @@ def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server)
     try:
         ray.init(address=cluster.address)
         spec = parse_spec(
-            base_spec(
+            e2e_spec(
+                small_spec,
                 "multinode",
-                tmp_path,
-                mlflow_server.uri,
                 trials_per_arch=4,
                 concurrency=4,
                 resources={"cpu": 0.5, "gpu": 0.5},
