@@ -8,7 +8,7 @@
 * Our rules (``search.cluster.check_cluster_config``): the real files have no problem, and each mutated
   copy produces the problem of the rule it breaks.
 * docs/cluster.md: it names every placeholder of the files, its ``ray`` and ``mcel`` commands parse with
-  the real command lines, and its spec overlay on ``configs/vgg3-fashionmnist.yaml`` is a valid spec whose
+  the real command lines, and its spec overlay on ``configs/paper/vgg3-fashionmnist.yaml`` is a valid spec whose
   per-trial resources pack onto the worker node types.
 """
 
@@ -39,7 +39,7 @@ from search.cluster import (
 ROOT = Path(__file__).resolve().parents[2]
 FILES = {"aws": ROOT / "cluster.yaml", "gcp": ROOT / "cluster-gcp.yaml"}
 DOCS = ROOT / "docs" / "cluster.md"
-PAPER_SPEC = ROOT / "configs" / "vgg3-fashionmnist.yaml"
+PAPER_SPEC = ROOT / "configs" / "paper" / "vgg3-fashionmnist.yaml"
 
 
 def project_ray_version() -> str:

@@ -26,7 +26,8 @@ from search.spec import (
     spec_to_dict,
 )
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = sorted([*CONFIG_DIR.glob("*.yaml"), *CONFIG_DIR.glob("paper/*.yaml")])
 
 BASE: dict[str, Any] = {
     "name": "t",
@@ -69,13 +70,15 @@ def errors_of(data: Any) -> list[str]:
 
 
 def test_configs_exist() -> None:
-    names = {p.name for p in CONFIGS}
+    names = {str(p.relative_to(CONFIG_DIR)) for p in CONFIGS}
     assert {
         "quickstart.yaml",
-        "vgg3-fashionmnist.yaml",
-        "vgg7-svhn.yaml",
-        "mobilenetv2-cifar10.yaml",
-        "resnet18-imagenette.yaml",
+        "paper/vgg3-fashionmnist.yaml",
+        "paper/vgg7-svhn.yaml",
+        "paper/mobilenetv2-cifar10.yaml",
+        "paper/resnet18-imagenette.yaml",
+        "paper/vgg3-fashionmnist-bnn.yaml",
+        "paper/vgg7-svhn-bnn.yaml",
     } <= names
 
 
@@ -91,7 +94,7 @@ def test_config_loads_and_round_trips(path: Path) -> None:
 
 
 def test_quickstart_is_the_small_demo() -> None:
-    spec = load_spec(CONFIGS[0].parent / "quickstart.yaml")
+    spec = load_spec(CONFIG_DIR / "quickstart.yaml")
     assert spec.data.name == "digits"
     assert spec.studies() == [("small_cnn", 4)]
     assert spec.space["margin"] == ParamSpace("choice", values=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0))
@@ -103,18 +106,21 @@ def test_quickstart_is_the_small_demo() -> None:
 
 
 @pytest.mark.parametrize(
-    "stem, epochs, batch_size, step_size, gamma",
+    "stem, epochs, batch_size, step_size, gamma, bits",
     [
-        ("vgg3-fashionmnist", 100, 256, 10, 0.5),
-        ("vgg7-svhn", 50, 256, 5, 0.25),
-        ("mobilenetv2-cifar10", 100, 128, 10, 0.5),
-        ("resnet18-imagenette", 100, 128, 10, 0.5),
+        ("vgg3-fashionmnist", 100, 256, 10, 0.5, (2, 4, 8)),
+        ("vgg7-svhn", 50, 256, 5, 0.25, (2, 4, 8)),
+        ("mobilenetv2-cifar10", 100, 128, 10, 0.5, (2, 4, 8)),
+        ("resnet18-imagenette", 100, 128, 10, 0.5, (2, 4, 8)),
+        ("vgg3-fashionmnist-bnn", 100, 256, 10, 0.5, (1,)),
+        ("vgg7-svhn-bnn", 100, 256, 10, 0.5, (1,)),
     ],
 )
 def test_paper_configs_follow_table_2(
-    stem: str, epochs: int, batch_size: int, step_size: int, gamma: float
+    stem: str, epochs: int, batch_size: int, step_size: int, gamma: float, bits: tuple[int, ...]
 ) -> None:
-    spec = load_spec(CONFIGS[0].parent / f"{stem}.yaml")
+    """Table II's epochs / batch size / StepLR per setup, Sec. VIII-B's margins, CEL + MHL baselines."""
+    spec = load_spec(CONFIG_DIR / "paper" / f"{stem}.yaml")
     train = spec.train
     assert (train.epochs, train.batch_size, train.step_size, train.gamma) == (
         epochs,
@@ -122,10 +128,11 @@ def test_paper_configs_follow_table_2(
         step_size,
         gamma,
     )
-    assert spec.bits == (2, 4, 8)
+    assert spec.bits == bits
     assert spec.space["margin"].values == tuple(float(2**k) for k in range(8))  # powers of two up to 128
+    assert spec.losses == ("mcel", "mhl") and spec.baseline.enabled  # MHL searched, CEL as the baseline
     assert spec.storage.path.startswith("s3://") and spec.tracking.uri.startswith("http://")
-    assert spec.resources.gpu == 0.5
+    assert spec.resources.gpu > 0
 
 
 # ------------------------------------------------------------------------------------------ valid specs
