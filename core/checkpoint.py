@@ -31,8 +31,16 @@ FORMAT = "mcel-checkpoint"
 VERSION = 1
 
 
+#: What every CheckpointError line says is allowed.
+ALLOWED = "allowed: an mcel-checkpoint file (checkpoint.pt of `mcel train`, model.pt of a search)"
+
+
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded safely or does not fit; the message says which and why."""
+    """A checkpoint that cannot be loaded safely or does not fit; the one-line message names the file, the
+    problem and what is allowed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}; {ALLOWED}")
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
@@ -87,7 +95,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        detail = str(exc).splitlines()[0]
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not fit architecture {payload['model'].get('name')!r} "
             f"at {payload['model'].get('bits')} bits: {detail}"

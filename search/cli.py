@@ -1,7 +1,9 @@
 """The ``mcel`` command line: one entry point, subcommands in a dict (as optuna's cli.py).
 
-Bad input (a value out of range, a missing file, an unsafe checkpoint) exits with status 2 and one line
-``mcel: error: ...`` that names the field, the value and what is allowed; ``--debug`` shows the traceback.
+Bad input (a value out of range, a missing file, an unsafe checkpoint, an unreachable tracking server, an
+unwritable storage path) exits with status 2 and one line ``mcel: error: ...`` that names the field, the
+value and what is allowed; ``--debug`` shows the traceback. A search stopped by a full disk or a tracking
+server down too long exits with status 1 and one line saying to rerun with ``--resume``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+#: Exit status of a search stopped by its environment (a full disk, a tracking server down too long):
+#: fix the cause, then rerun with --resume.
+EXIT_RESUMABLE = 1
+#: Errors that stop a search in a resumable state (search.runner / search.tracking), printed on one line.
+RESUMABLE_ERRORS = ("StorageFaultError", "TrackingUnavailableError")
 
 
 class UsageError(ValueError):
@@ -383,11 +390,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("mcel: interrupted", file=sys.stderr)
         return 130
     except (ValueError, FileNotFoundError, PermissionError) as exc:
-        if args.debug:
-            traceback.print_exc()
-        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        print(f"mcel: error: {message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _fail(exc, args.debug, EXIT_BAD_INPUT)
+    except Exception as exc:
+        if type(exc).__name__ not in RESUMABLE_ERRORS:
+            raise
+        return _fail(exc, args.debug, EXIT_RESUMABLE)
+
+
+def _fail(exc: BaseException, debug: bool, status: int) -> int:
+    """Print ``mcel: error: <first line>`` (passwords masked), the traceback too with ``--debug``."""
+    from search.spec import redact_credentials
+
+    if debug:
+        traceback.print_exc()
+    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"mcel: error: {redact_credentials(message)}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

@@ -11,6 +11,16 @@ For each study ``<spec>-<arch>-<bits>b``:
    ``trials_per_arch`` trials, at most ``concurrency`` at a time, each with ``resources`` (``tune.with_resources``),
    retried ``failure.max_retries`` times from its last checkpoint.
 
+Before anything starts, :func:`preflight` checks what the spec cannot check on its own (the storage path is
+writable, the tracking server answers, the data files are there, no search of the same name is in the way);
+a problem is one :class:`PreflightError` line naming the field, the value and what is allowed.
+
+A storage fault in a trial (``ENOSPC``, ``EDQUOT``, ``EROFS``: a full or read-only disk) stops the whole
+search at once with a :class:`StorageFaultError` that names the path and the errno: retries would fail the
+same way while the disk is full. Nothing is marked errored; the trials' checkpoints and MLflow runs stay as
+they were, and ``--resume`` after freeing space continues every unfinished trial from its last checkpoint
+(each trial counted once in Tune, Optuna and MLflow, as after a killed driver).
+
 ``resume=True`` restores every Tune run that exists under the storage path (``Tuner.restore``; finished
 trials are kept, unfinished ones continue from their checkpoints) and starts the ones that do not exist;
 without it an existing run is an error (so a second search cannot silently mix with the first).
@@ -20,11 +30,21 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.spec import SearchSpec, create_pruner, create_sampler, flatten, spec_to_dict
+from search.spec import (
+    SearchSpec,
+    create_pruner,
+    create_sampler,
+    flatten,
+    redact_credentials,
+    spec_to_dict,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +53,19 @@ OBJECTIVES = ("clean_acc", "ber_acc")
 
 class SearchStateError(ValueError):
     """An existing run in the way (without --resume), or nothing to resume."""
+
+
+class PreflightError(ValueError):
+    """The environment cannot run the spec (storage, tracking server, data); one line: field, value, allowed."""
+
+
+class StorageFaultError(RuntimeError):
+    """A trial hit a full or read-only disk; the search was stopped and can be resumed after freeing space."""
+
+
+#: Seconds a preflight connection to the tracking server (or an RDB) may take.
+PREFLIGHT_TIMEOUT_S = 5.0
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306}
 
 
 @dataclass
@@ -135,10 +168,143 @@ def plan(spec: SearchSpec, tracking_uri: str, storage_path: str) -> str:
             f"  study {spec.study_name(arch, bits)}: {arch} {bits}-bit, losses {', '.join(spec.losses)}"
         )
     lines += [
-        f"  MLflow: {tracking_uri} experiment {spec.experiment_name()!r}",
+        f"  MLflow: {redact_credentials(tracking_uri)} experiment {spec.experiment_name()!r}",
         f"  Ray Tune storage: {storage_path}/<study>; Optuna: {spec.storage.optuna or storage_path + '/' + spec.name + '/optuna.db'}",
     ]
-    return "\n".join(lines)
+    return redact_credentials("\n".join(lines))
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable_dir(field_name: str, value: str, directory: Path) -> None:
+    """``directory`` exists as a writable directory or can be created (its nearest existing ancestor is one)."""
+    allowed = "a directory this user can write to (created if missing)"
+    base = _nearest_existing(directory)
+    if not base.is_dir():
+        raise PreflightError(
+            f"{field_name}: {value!r} — not writable: {str(base)!r} is a file, not a directory; allowed: {allowed}"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PreflightError(
+            f"{field_name}: {value!r} — not writable: no write permission on {str(base)!r}; allowed: {allowed}"
+        )
+
+
+def _check_reachable(field_name: str, uri: str, what: str) -> None:
+    """A TCP connection to the host and port of ``uri`` opens within :data:`PREFLIGHT_TIMEOUT_S`."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0].lower()
+    try:
+        host, port = parts.hostname, parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        host, port = None, None
+    shown = redact_credentials(uri)
+    if not host or not port:
+        raise PreflightError(f"{field_name}: {shown!r} — no host and port in it; allowed: {what}")
+    start = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=PREFLIGHT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise PreflightError(
+            f"{field_name}: {shown!r} — unreachable ({reason} after {time.monotonic() - start:.1f}s); "
+            f"allowed: {what}"
+        ) from None
+
+
+def _check_db_url(field_name: str, url: str, what: str) -> None:
+    scheme = url.split(":", 1)[0].split("+")[0].lower()
+    if scheme == "sqlite":
+        db = Path(url.split(":///", 1)[-1].split("?", 1)[0]).expanduser()
+        _check_writable_dir(field_name, redact_credentials(url), db.resolve().parent)
+    elif scheme in ("postgresql", "mysql"):
+        _check_reachable(field_name, url, what)
+
+
+def _check_data(spec: SearchSpec) -> None:
+    """The data set loads in the driver (a local Ray instance shares its file system with the trials)."""
+    from core.data import load_dataset
+    from core.data.registry import DATA_ROOT_ENV, DatasetNotFoundError, resolve_data_root
+
+    d = spec.data
+    try:
+        load_dataset(d.name, root=d.root, split_seed=d.split_seed, limit_train=1, limit_test=1)
+    except DatasetNotFoundError as exc:
+        root = str(resolve_data_root(d.root))
+        field_name = (
+            "dataset.root"
+            if d.root is not None
+            else (DATA_ROOT_ENV if os.environ.get(DATA_ROOT_ENV) else "dataset.root (default)")
+        )
+        first = " ".join(str(exc).split("\n")[0].split())
+        raise PreflightError(
+            f"{field_name}: {root!r} — {first}; allowed: a directory holding the {d.name} files "
+            f"(set dataset.root or {DATA_ROOT_ENV})"
+        ) from None
+
+
+def preflight(
+    spec: SearchSpec, tracking_uri: str, storage_path: str, *, resume: bool = False, check_data: bool = True
+) -> None:
+    """Check, before anything is started or written, that ``spec`` can run here; raise :class:`PreflightError`.
+
+    * ``MCEL_FAULT_INJECT`` (tests) parses;
+    * the local storage path (and the Optuna SQLite file) can be written: its nearest existing ancestor is a
+      writable directory;
+    * the tracking store is usable: a SQLite/file store's directory is writable, an ``http(s)://`` server
+      (or a database) accepts a TCP connection within :data:`PREFLIGHT_TIMEOUT_S` seconds;
+    * the data set's files are there (``check_data``; skipped for a remote Ray cluster, whose workers have
+      their own data root);
+    * without ``resume``, no search of the same name exists under the storage path.
+    """
+    from search.faults import FAULT_ENV, parse_faults
+
+    try:
+        parse_faults(os.environ.get(FAULT_ENV))
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    tracking_what = (
+        "a reachable MLflow tracking server (is it running? is the SSH tunnel open?) or sqlite:///<file>"
+    )
+    scheme = (
+        tracking_uri.split(":", 1)[0].lower()
+        if "://" in tracking_uri or tracking_uri.startswith("file:")
+        else None
+    )
+    if scheme in ("http", "https"):
+        _check_reachable("tracking.uri", tracking_uri, tracking_what)
+    elif scheme is not None and scheme.split("+")[0] in ("sqlite", "postgresql", "mysql"):
+        _check_db_url("tracking.uri", tracking_uri, tracking_what)
+    elif scheme == "file" or scheme is None:
+        path = tracking_uri[len("file:") :] if scheme == "file" else tracking_uri
+        path = path[2:] if path.startswith("//") else path
+        _check_writable_dir("tracking.uri", tracking_uri, Path(path).expanduser().resolve())
+    if "://" not in storage_path:
+        _check_writable_dir("storage.path", storage_path, Path(storage_path))
+    if spec.storage.optuna:
+        _check_db_url(
+            "storage.optuna", spec.storage.optuna, "a writable sqlite:///<file> or a reachable database"
+        )
+    if check_data:
+        _check_data(spec)
+    if not resume and "://" not in storage_path:
+        from ray import tune
+
+        for arch, bits in spec.studies():
+            study = spec.study_name(arch, bits)
+            for name in (study, f"{study}-baseline"):
+                if tune.Tuner.can_restore(str(Path(storage_path) / name)):
+                    raise SearchStateError(
+                        f"storage.path: {storage_path!r} — a search named {name!r} already exists there; "
+                        "allowed: --resume to continue it, or another spec name or storage path"
+                    )
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -148,10 +314,16 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
+    from search.faults import FAULT_ENV
+
+    if os.environ.get(FAULT_ENV):  # fault injection (tests): reach the trial processes on every node
+        kwargs["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+        # A local instance: nothing listens beyond this machine (the dashboard is off; if a user turns
+        # it on, it stays on the loopback interface).
+        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
 
 
 def _tuner(
@@ -214,6 +386,7 @@ def run_search(
     from ray import tune
     from ray.tune import TuneConfig
 
+    from search.faults import StorageFaultGuard
     from search.pruning import OptunaPruningScheduler
     from search.searcher import PruningAwareOptunaSearch, SearchSpace
     from search.tracking import MlflowTrialLogger, get_or_create_experiment, parent_run
@@ -221,6 +394,7 @@ def run_search(
 
     tracking_uri = _resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     storage_path = resolve_storage_path(storage_path or spec.storage.path)
+    preflight(spec, tracking_uri, storage_path, resume=resume, check_data=not ray_address)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot often: a killed driver loses little
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     optuna_url = _optuna_storage(spec, storage_path)
@@ -228,7 +402,9 @@ def run_search(
     experiment_id = get_or_create_experiment(client, spec.experiment_name())
     _init_ray(ray_address, num_cpus)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    flat = flatten(spec_to_dict(spec))
+    flat = {
+        k: redact_credentials(v) if isinstance(v, str) else v for k, v in flatten(spec_to_dict(spec)).items()
+    }
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     outcomes = []
     for arch, bits in spec.studies():
@@ -246,18 +422,19 @@ def run_search(
             logger_cb = MlflowTrialLogger(
                 tracking_uri, experiment_id, parent, study, tags, fixed_params, role="baseline"
             )
+            guard = StorageFaultGuard()
             tuner = _tuner(
                 name=f"{study}-baseline",
                 storage_path=storage_path,
                 trainable=trainable,
                 resume=resume,
                 tune_config=TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
-                callbacks=[logger_cb],
+                callbacks=[logger_cb, guard],
                 max_failures=spec.failure.max_retries,
                 param_space={"loss": "cel", "logit_scale": spec.baseline.logit_scale or 1.0},
                 verbose=verbose,
             )
-            tuner.fit()
+            _fit(tuner, guard, logger_cb, f"{study}-baseline")
         sampler = create_sampler(spec.sampler)
         rdb = optuna.storages.RDBStorage(optuna_url)
         searcher = PruningAwareOptunaSearch(
@@ -268,6 +445,8 @@ def run_search(
             storage=rdb,
             study_name=study,
         )
+        logger_cb = MlflowTrialLogger(tracking_uri, experiment_id, parent, study, tags, fixed_params)
+        guard = StorageFaultGuard()
         scheduler = OptunaPruningScheduler(
             create_pruner(spec.pruner),
             metric=spec.pruner.metric,
@@ -287,12 +466,12 @@ def run_search(
                 max_concurrent_trials=spec.concurrency,
                 trial_dirname_creator=trial_dirname,
             ),
-            callbacks=[MlflowTrialLogger(tracking_uri, experiment_id, parent, study, tags, fixed_params)],
+            callbacks=[logger_cb, guard],
             max_failures=spec.failure.max_retries,
             param_space=None,
             verbose=verbose,
         )
-        grid = tuner.fit()
+        grid = _fit(tuner, guard, logger_cb, study)
         _reconcile_optuna(optuna_url, study, grid)
         client.set_tag(parent, "mcel.state", "finished")
         client.set_terminated(parent, "FINISHED")
@@ -300,6 +479,51 @@ def run_search(
     return SearchOutcome(
         experiment_id=experiment_id, tracking_uri=tracking_uri, storage_path=storage_path, studies=outcomes
     )
+
+
+def _fit(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:
+    """``tuner.fit()``; buffered MLflow calls are flushed (waiting for the server) when it returns, and a
+    storage fault (seen by ``guard``, or by the guard a restored Tune run unpickled) becomes a one-line
+    :class:`StorageFaultError`."""
+    from search.faults import StorageFaultStop, storage_fault
+
+    fault: tuple[str, str] | None = None
+    try:
+        grid = tuner.fit()
+    except Exception as exc:
+        stop = _in_chain(exc, StorageFaultStop)
+        if guard.fault is not None:
+            fault = (guard.fault, guard.trial)
+        elif stop is not None:
+            fault = (str(stop.args[0]), str(stop.args[1]) if len(stop.args) > 1 else "?")
+        else:
+            text = storage_fault("".join(traceback.format_exception(exc)))
+            if text is None:
+                tracker.flush()  # one attempt: do not hide the error behind a wait for the server
+                raise
+            fault = (text, "?")
+        grid = None
+    if fault is None and guard.fault is not None:
+        fault = (guard.fault, guard.trial)
+    tracker.flush(final=True)
+    if fault is not None:
+        raise StorageFaultError(
+            f"storage: {fault[0]} — trial {fault[1]} of {name!r} could not write its checkpoint and the "
+            "search was stopped; free space (or make the storage writable), then rerun with --resume: "
+            "finished trials are kept, unfinished ones continue from their last checkpoint"
+        )
+    return grid
+
+
+def _in_chain(exc: BaseException | None, cls: type) -> BaseException | None:
+    """The first exception of type ``cls`` in ``exc``'s cause/context chain, else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, cls):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def trial_dirname(trial: Any) -> str:

@@ -128,6 +128,20 @@ OPTUNA_SCHEMES: tuple[str, ...] = ("sqlite", "postgresql", "mysql")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_USERINFO_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/@:\s]*):(?P<secret>[^/@\s]*)@")
+_SECRET_QUERY_RE = re.compile(
+    r"(?P<head>[?&](?:password|passwd|pwd|token|secret|access_key|secret_key)=)[^&\s]*", re.I
+)
+
+#: What replaces a password or token in anything logged or printed.
+REDACTED = "***"
+
+
+def redact_credentials(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URI and every ``password=`` /
+    ``token=`` query value replaced by ``***``; used for everything logged to MLflow or printed."""
+    text = _USERINFO_RE.sub(lambda m: f"{m.group('head')}:{REDACTED}@", text)
+    return _SECRET_QUERY_RE.sub(lambda m: f"{m.group('head')}{REDACTED}", text)
 
 
 # --------------------------------------------------------------------------------------------- the spec

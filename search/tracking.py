@@ -19,22 +19,38 @@ Layout (documented in README "MLflow layout"; ``analysis/`` reads it):
 
 A trial's run is found again by ``mcel.trial_key`` after a retry or a driver restart, and epochs already
 logged are not logged twice, so a resumed search never duplicates a run or a metric point.
+
+**A tracking server that blinks does not stop a search.** Every Tune event becomes one pending MLflow call
+in a bounded in-memory buffer (:attr:`MlflowTrialLogger.max_pending`), flushed in order at once. When the
+server is unreachable (connection refused, timeout, HTTP 5xx) the call stays buffered and the driver goes
+on; the buffer is retried on the next event with a doubling backoff (0.5 s to 10 s), each attempt one HTTP
+request without MLflow's own retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and a 30 s timeout,
+``MCEL_MLFLOW_REQUEST_TIMEOUT_S``, during a flush), so the driver never blocks for long. When the buffer is full, and at the end of each Tune run, the driver waits for the
+server up to :data:`FLUSH_TIMEOUT_S` (env ``MCEL_MLFLOW_FLUSH_TIMEOUT_S``) and then stops with a
+:class:`TrackingUnavailableError`. Passwords in URIs are masked in every logged param and tag.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import os
+import time
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
 from search.pruning import trial_key
 from search.searcher import NUMBER_KEY
+from search.spec import redact_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +64,63 @@ EPOCH_METRICS_SKIP = {
     "timestamp",
 }
 TRIAL_PARAM_KEYS = ("loss", "margin", "b", "logit_scale")
+#: Seconds the driver waits for an unreachable tracking server when the buffer is full or a Tune run ends.
+FLUSH_TIMEOUT_S = float(os.environ.get("MCEL_MLFLOW_FLUSH_TIMEOUT_S", "600"))
+#: Backoff between flush attempts while the server is unreachable (seconds, doubling).
+BACKOFF_S = (0.5, 10.0)
+_TRANSIENT_TEXT = (
+    "Max retries exceeded",
+    "Connection refused",
+    "Connection aborted",
+    "ConnectionError",
+    "RemoteDisconnected",
+    "timed out",
+    "Temporary failure",
+    "Bad Gateway",
+    "Service Unavailable",
+    "Gateway Timeout",
+    "response code 502",
+    "response code 503",
+    "response code 504",
+)
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server stayed unreachable longer than :data:`FLUSH_TIMEOUT_S` with calls still buffered."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` from an MLflow call means "server unreachable or overloaded" (worth retrying later)."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    try:
+        import requests
+
+        if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(exc, MlflowException):
+        if exc.error_code == "TEMPORARILY_UNAVAILABLE":
+            return True
+        return any(t in str(exc) for t in _TRANSIENT_TEXT)
+    return False
+
+
+@contextlib.contextmanager
+def _one_attempt() -> Iterator[None]:
+    """MLflow HTTP calls in this block make one attempt with a short timeout (we retry ourselves)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = os.environ.get("MCEL_MLFLOW_REQUEST_TIMEOUT_S", "30")
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
@@ -90,7 +163,7 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
 
 
 def _param_value(value: Any) -> str:
-    text = "null" if value is None else str(value)
+    text = "null" if value is None else redact_credentials(str(value))
     return text[:6000]
 
 
@@ -100,7 +173,15 @@ def ber_metric_name(kind: str, ber: float) -> str:
 
 
 class MlflowTrialLogger(Callback):
-    """Ray Tune callback (driver side) that writes the MLflow layout described in the module docstring."""
+    """Ray Tune callback (driver side) that writes the MLflow layout described in the module docstring.
+
+    Each ``on_trial_*`` event is queued as one pending call and the queue is flushed in order; while the
+    tracking server is unreachable the calls wait in the queue (see the module docstring). :meth:`flush`
+    with ``final=True`` (``on_experiment_end``, and the runner after ``Tuner.fit``) waits for the server.
+    """
+
+    #: Pending calls kept while the server is unreachable; when full, the driver waits for the server.
+    max_pending = 10_000
 
     def __init__(
         self,
@@ -126,13 +207,105 @@ class MlflowTrialLogger(Callback):
         self._closed: set[str] = set()
         self._nodes: dict[str, str] = {}
         self._resumed: dict[str, int] = {}
+        self._need_params: dict[str, dict[str, Any]] = {}
+        self._uncertain: set[tuple[str, int]] = set()
+        self._pending: deque[tuple[str, tuple]] = deque()
+        self._retry_at = 0.0
+        self._backoff = BACKOFF_S[0]
+        self._down_since: float | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.update(
-            _client=None, _runs={}, _last_step={}, _checkpoints={}, _closed=set(), _nodes={}, _resumed={}
+            _client=None,
+            _runs={},
+            _last_step={},
+            _checkpoints={},
+            _closed=set(),
+            _nodes={},
+            _resumed={},
+            _need_params={},
+            _uncertain=set(),
+            _pending=deque(),
+            _retry_at=0.0,
+            _backoff=BACKOFF_S[0],
+            _down_since=None,
         )
         return state
+
+    # ------------------------------------------------------------------------------- buffered calls
+
+    @property
+    def pending(self) -> int:
+        """Calls waiting for the tracking server."""
+        return len(self._pending)
+
+    def _enqueue(self, method: str, *args: Any) -> None:
+        self._pending.append((method, args))
+        if len(self._pending) > self.max_pending:
+            logger.warning("MLflow buffer full (%d calls): waiting for the tracking server", self.pending)
+            self.flush(final=True)
+        else:
+            self.flush()
+
+    def flush(self, final: bool = False) -> None:
+        """Send the pending calls in order. Without ``final`` one attempt (none during the backoff) and
+        return when the server is unreachable; with ``final`` retry until :data:`FLUSH_TIMEOUT_S` and then
+        raise :class:`TrackingUnavailableError`. Errors other than an unreachable server are raised."""
+        if not self._pending:
+            return
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        while self._pending:
+            now = time.monotonic()
+            if now < self._retry_at:
+                if not final:
+                    return
+                if now >= deadline:
+                    break
+                time.sleep(min(self._retry_at, deadline) - now)
+                continue
+            method, args = self._pending[0]
+            try:
+                with _one_attempt():
+                    getattr(self, method)(*args)
+            except Exception as exc:
+                if not is_transient(exc):
+                    self._pending.popleft()
+                    raise
+                if self._down_since is None:
+                    self._down_since = now
+                    logger.warning(
+                        "MLflow tracking server %s unreachable (%s): buffering, %d calls pending",
+                        redact_credentials(self.tracking_uri),
+                        " ".join(str(exc).split())[:200],
+                        self.pending,
+                    )
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, BACKOFF_S[1])
+                if not final:
+                    return
+                if time.monotonic() >= deadline:
+                    break
+                continue
+            self._pending.popleft()
+            if self._down_since is not None:
+                logger.warning(
+                    "MLflow tracking server back after %.0f s; flushing %d buffered calls",
+                    time.monotonic() - self._down_since,
+                    self.pending,
+                )
+                self._down_since = None
+            self._backoff = BACKOFF_S[0]
+            self._retry_at = 0.0
+        if self._pending:
+            raise TrackingUnavailableError(
+                f"tracking.uri: {redact_credentials(self.tracking_uri)!r} — unreachable for {FLUSH_TIMEOUT_S:.0f}s "
+                f"with {self.pending} MLflow calls unsent (the runs of the trials concerned lack them); allowed: "
+                "a reachable tracking server, then rerun with --resume to continue the unfinished trials"
+            )
+
+    def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self.flush(final=True)
 
     @property
     def client(self) -> MlflowClient:
@@ -147,7 +320,11 @@ class MlflowTrialLogger(Callback):
         """The child run of ``trial`` (found by its key, else created with params and tags)."""
         key = self._key(trial)
         if key in self._runs:
-            return self._runs[key]
+            run_id = self._runs[key]
+            if run_id in self._need_params:  # created, but the params did not reach the server yet
+                _log_params(self.client, run_id, self._need_params[run_id])
+                del self._need_params[run_id]
+            return run_id
         found = find_run(self.client, self.experiment_id, {"mcel.trial_key": key})
         if found:
             self._runs[key] = found
@@ -167,7 +344,7 @@ class MlflowTrialLogger(Callback):
             "mcel.tune_trial_id": trial.trial_id,
             "mcel.state": "running",
             "loss": str(config.get("loss")),
-            **self.tags,
+            **{k: redact_credentials(str(v)) for k, v in self.tags.items()},
         }
         if number is not None:
             tags["mcel.optuna_number"] = str(number)
@@ -179,12 +356,17 @@ class MlflowTrialLogger(Callback):
         params = {k: config[k] for k in TRIAL_PARAM_KEYS if k in config}
         if config.get("margin") is not None and config.get("b"):
             params["relative_separation"] = float(config["margin"]) / (2.0 * float(config["b"]))
-        _log_params(self.client, run_id, {**self.params, **params})
         self._runs[key] = run_id
         self._last_step[run_id] = 0
+        self._need_params[run_id] = {**self.params, **params}
+        _log_params(self.client, run_id, self._need_params[run_id])
+        del self._need_params[run_id]
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._enqueue("_trial_start", trial)
+
+    def _trial_start(self, trial: Trial) -> None:
         run_id = self.run_id(trial)
         if run_id not in self._closed:
             self.client.set_tag(run_id, "mcel.state", "running")
@@ -192,6 +374,9 @@ class MlflowTrialLogger(Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ) -> None:
+        self._enqueue("_trial_result", trial, dict(result))
+
+    def _trial_result(self, trial: Trial, result: dict) -> None:
         run_id = self.run_id(trial)
         node = result.get("node_id")
         if node and self._nodes.get(run_id) != node:
@@ -220,8 +405,16 @@ class MlflowTrialLogger(Callback):
         ]
         if step > self._last_step.get(run_id, 0):
             metrics.append(Metric("epoch", float(step), ts, step))
+        if metrics and (run_id, step) in self._uncertain:
+            # an earlier attempt failed in flight: the server may have stored it already
+            logged = self.client.get_metric_history(run_id, "epoch")
+            self._uncertain.discard((run_id, step))
+            if any(m.step == step for m in logged):
+                metrics = []
         if metrics:
+            self._uncertain.add((run_id, step))
             self.client.log_batch(run_id, metrics=metrics)
+            self._uncertain.discard((run_id, step))
         self._last_step[run_id] = max(step, self._last_step.get(run_id, 0))
 
     def on_checkpoint(
@@ -252,20 +445,24 @@ class MlflowTrialLogger(Callback):
         return summary
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._enqueue("_trial_complete", trial, dict(trial.last_result or {}))
+
+    def _trial_complete(self, trial: Trial, last_result: dict) -> None:
         run_id = self.run_id(trial)
         if run_id in self._closed:
             return
-        if trial.last_result.get("diverged"):
+        if last_result.get("diverged"):
             self.client.set_tag(run_id, "mcel.state", "errored")
-            self.client.set_tag(run_id, "mcel.error", str(trial.last_result.get("error", "diverged"))[:5000])
+            error = redact_credentials(str(last_result.get("error", "diverged")))
+            self.client.set_tag(run_id, "mcel.error", error[:5000])
             self.client.set_terminated(run_id, "FAILED")
             self._closed.add(run_id)
             return
-        final = bool(trial.last_result.get("final"))
+        final = bool(last_result.get("final"))
         summary = self._upload(run_id, trial)
         if final and summary:
-            ts = int(trial.last_result.get("timestamp", 0) * 1000)
-            step = int(trial.last_result.get("epoch", 0))
+            ts = int(last_result.get("timestamp", 0) * 1000)
+            step = int(last_result.get("epoch", 0))
             metrics = []
             for point in summary["ber_curve"]:
                 for kind, key in (("ber_acc", "mean"), ("ber_acc_std", "std"), ("ber_acc_min", "min")):
@@ -276,10 +473,13 @@ class MlflowTrialLogger(Callback):
         self._closed.add(run_id)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._enqueue("_trial_error", trial, _error_message(trial))
+
+    def _trial_error(self, trial: Trial, message: str) -> None:
         run_id = self.run_id(trial)
         if run_id in self._closed:
             return
-        message = _error_message(trial)
+        message = redact_credentials(message)
         self.client.set_tag(run_id, "mcel.state", "errored")
         self.client.set_tag(run_id, "mcel.error", message[:5000])
         self._upload(run_id, trial)

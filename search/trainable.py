@@ -10,6 +10,10 @@ the test-set margins, and carries ``final: True``; a trial without a final resul
 Each report carries a checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format),
 ``trainer.pt`` (optimizer, scheduler and history, to resume), and at the end ``ber_curve.csv`` (one row per
 BER and repetition) and ``summary.json``. A trial restarted after a failure resumes from its last one.
+
+Fault injection (tests only; inert unless the environment variable ``MCEL_FAULT_INJECT`` is set, see
+:mod:`search.faults`): ``raise_once:epoch=k`` raises at the start of epoch k on the first attempt only;
+``enospc:epoch=k`` makes epoch k's checkpoint write fail with ``OSError(ENOSPC)``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from core.checkpoint import save_checkpoint
 from core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margin_statistics
 from core.experiment import TrialSpec, build, checkpoint_meta
 from core.training import TrainConfig, Trainer, TrainingDivergedError
+from search import faults
 from search.searcher import NUMBER_KEY
 
 TRAINER_FILE = "trainer.pt"
@@ -98,7 +103,10 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     # again from the trained weights instead of training further.
     start_epoch = trainer.epoch  # > 0: resumed from a checkpoint (a retry, a lost node, a driver restart)
     replay_final = trainer.epoch >= epochs and bool(trainer.history)
+    trial_dir = _trial_dir()
     while replay_final or trainer.epoch < epochs:
+        if not replay_final:
+            faults.before_epoch(trainer.epoch + 1, trial_dir)
         try:
             stats = trainer.history[-1] if replay_final else trainer.train_epoch()
         except TrainingDivergedError as exc:
@@ -176,6 +184,8 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                 }
                 (tmpdir / SUMMARY_FILE).write_text(json.dumps(summary, default=str))
                 metrics["final"] = True
+            if faults.checkpoint_write_fails(trainer.epoch):
+                faults.fail_write_enospc(tmpdir / MODEL_FILE)
             save_checkpoint(
                 tmpdir / MODEL_FILE,
                 trainer.model,
@@ -186,6 +196,14 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                 ),
             )
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _trial_dir() -> str | None:
+    """This trial's directory (where a fault-injection marker lives), None outside Ray Tune."""
+    try:
+        return tune.get_context().get_trial_dir()
+    except Exception:
+        return None
 
 
 def _node_id() -> str:

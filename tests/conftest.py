@@ -126,3 +126,19 @@ def small_spec(tmp_path, mlflow_server):
         return spec
 
     return make
+
+
+@pytest.fixture()
+def base_spec() -> dict:
+    """A deep copy of the small spec dict, with no name, tracking or storage (tests that start nothing)."""
+    return copy.deepcopy(SMALL_SPEC)
+
+
+@pytest.fixture()
+def own_mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
+    """A tracking server of this test alone (not started): the test may stop and restart it on the same port
+    with the same backend store (``stop()`` then ``start()``)."""
+    server = MlflowServer(tmp_path_factory.mktemp("own-mlflow-server"))
+    yield server
+    if server.proc is not None:
+        server.stop()

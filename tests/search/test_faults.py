@@ -1,15 +1,23 @@
-"""Faults during a real search: a worker node lost mid-search, a trial whose loss becomes NaN."""
+"""Faults during a real search: a worker node lost mid-search, a trial whose loss becomes NaN, a trial that
+raises once, the MLflow server restarted mid-search, a full disk.
+
+Faults are injected through ``MCEL_FAULT_INJECT`` (``search.faults``), real product code that is inert
+unless the variable is set; the searches are real (local Ray, Optuna RDB, a real MLflow server).
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search.runner import run_search
+from core.checkpoint import read_checkpoint
+from search.runner import StorageFaultError, run_search
 from search.spec import parse_spec
 
 pytestmark = pytest.mark.slow
@@ -113,3 +121,219 @@ def test_worker_node_lost_mid_search_trials_resume_on_the_other(tmp_path, mlflow
         study_name="lostnode-small_cnn-4b", storage=f"sqlite:///{tmp_path / 'ray' / 'lostnode' / 'optuna.db'}"
     )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+
+
+def _assert_counted_once(client: MlflowClient, name: str, storage: Path, trials: int, epochs: int) -> list:
+    """Every trial once in MLflow (completed, every epoch exactly once, final BER curve) and in Optuna."""
+    runs = _runs(client, name)
+    keys = [r.data.tags["mcel.trial_key"] for r in runs]
+    assert len(keys) == len(set(keys)) == trials, sorted(keys)
+    for r in runs:
+        assert r.data.tags["mcel.state"] == "completed" and r.info.status == "FINISHED", r.data.tags
+        for key in ("train_loss", "clean_acc", "epoch"):
+            steps = sorted(m.step for m in client.get_metric_history(r.info.run_id, key))
+            assert steps == list(range(1, epochs + 1)), (key, steps)  # no gap, no duplicate
+        assert "ber_acc_at_0.01" in r.data.metrics  # the final BER curve reached MLflow
+    study = optuna.load_study(
+        study_name=f"{name}-small_cnn-4b", storage=f"sqlite:///{storage / name / 'optuna.db'}"
+    )
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * trials
+    assert sorted(int(r.data.tags["mcel.optuna_number"]) for r in runs) == list(range(trials))
+    return runs
+
+
+def test_trial_raising_once_is_retried_from_its_checkpoint_in_the_same_run(
+    tmp_path, mlflow_server, small_spec, monkeypatch
+) -> None:
+    """``raise_once:epoch=3``: each trial raises at the start of epoch 3 on its first attempt; Tune retries it
+    (failure.max_retries) from its epoch-2 checkpoint and it completes in the same MLflow run."""
+    import ray
+
+    epochs = 3
+    monkeypatch.setenv("MCEL_FAULT_INJECT", "raise_once:epoch=3")
+    spec = parse_spec(
+        small_spec(
+            "raiseonce",
+            train={"epochs": epochs, "batch_size": 64, "step_size": 2, "device": "cpu"},
+            trials_per_arch=2,
+            failure={"max_retries": 2},
+        )
+    )
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        run_search(spec, num_cpus=2, verbose=0)
+    finally:
+        ray.shutdown()
+    client = MlflowClient(mlflow_server.uri)
+    runs = _assert_counted_once(client, "raiseonce", tmp_path / "ray", trials=2, epochs=epochs)
+    for r in runs:  # the retry started from the checkpoint of epoch 2, not from scratch
+        assert r.data.tags["mcel.resumed_from_epoch"] == "2", r.data.tags
+    markers = list(
+        (tmp_path / "ray" / "raiseonce-small_cnn-4b").glob("trial_*/.mcel-fault-raise_once-epoch3")
+    )
+    assert len(markers) == 2  # the fault really fired once in each trial
+
+
+def test_mlflow_server_restarted_mid_search_loses_nothing(
+    tmp_path, own_mlflow_server, local_ray, small_spec, caplog
+) -> None:
+    """Chosen behaviour: **buffer and retry**. The tracking server is stopped after the first epochs are
+    logged, kept down while trials report, and restarted on the same port with the same backend store;
+    the driver buffers the MLflow calls meanwhile and flushes them in order when the server is back.
+    Every epoch of every trial is in MLflow exactly once and the final tags are set."""
+    server = own_mlflow_server
+    server.start()
+    epochs = 4
+    spec_dict = small_spec(
+        "blink",
+        train={"epochs": epochs, "batch_size": 64, "step_size": 2, "device": "cpu"},
+        trials_per_arch=2,
+    )
+    spec_dict["tracking"] = {"uri": server.uri, "experiment": "blink"}
+    spec = parse_spec(spec_dict)
+    outage: dict = {}
+
+    def blink() -> None:
+        client = MlflowClient(server.uri)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            try:
+                epochs_seen = [r.data.metrics.get("epoch", 0) for r in _runs(client, "blink")]
+            except Exception:
+                epochs_seen = []
+            if epochs_seen and max(epochs_seen) >= 2:
+                outage["at_epoch"] = max(epochs_seen)
+                server.stop()
+                outage["down"] = time.monotonic()
+                time.sleep(5)  # trials go on reporting while the server is down
+                server.start()
+                outage["up"] = time.monotonic()
+                return
+            time.sleep(0.3)
+
+    caplog.set_level(logging.WARNING, logger="search.tracking")
+    thread = threading.Thread(target=blink, daemon=True)
+    thread.start()
+    run_search(spec, verbose=0)
+    thread.join(timeout=120)
+    assert "up" in outage, f"the server was never restarted: {outage}"
+    assert outage["at_epoch"] < epochs, "the search ended before the outage: nothing was tested"
+    messages = [r.getMessage() for r in caplog.records if r.name == "search.tracking"]
+    assert any("unreachable" in m and "buffering" in m for m in messages), messages
+    assert any("back after" in m for m in messages), messages
+    client = MlflowClient(server.uri)
+    _assert_counted_once(client, "blink", tmp_path / "ray", trials=2, epochs=epochs)
+
+
+def test_disk_full_stops_the_search_and_resume_finishes_it(
+    tmp_path, mlflow_server, small_spec, monkeypatch
+) -> None:
+    """``enospc:epoch=2``: every checkpoint write of epoch 2 fails with ENOSPC (through atomic_write) while
+    the "disk is full". Chosen behaviour: the driver stops the whole search at the first such failure with
+    one line naming the errno and the path and telling the user to free space and rerun with --resume (no
+    retries: they would fail the same); nothing is half-written; ``--resume`` with space back finishes
+    every trial, each counted once in Tune, Optuna and MLflow."""
+    import ray
+
+    epochs = 3
+    storage = tmp_path / "ray"
+    spec = parse_spec(
+        small_spec(
+            "diskfull",
+            train={"epochs": epochs, "batch_size": 64, "step_size": 2, "device": "cpu"},
+            trials_per_arch=2,
+            failure={"max_retries": 2},
+        )
+    )
+    if ray.is_initialized():
+        ray.shutdown()
+    monkeypatch.setenv("MCEL_FAULT_INJECT", "enospc:epoch=2")
+    try:
+        with pytest.raises(StorageFaultError) as info:
+            run_search(spec, num_cpus=2, verbose=0)
+    finally:
+        ray.shutdown()
+    message = str(info.value)
+    assert len(message.splitlines()) == 1
+    assert "[Errno 28] No space left on device" in message and "model.pt" in message, message
+    assert "free space" in message and "--resume" in message
+    assert not list(storage.rglob(".model.pt.*.tmp")), "a temporary checkpoint file was left behind"
+    checkpoints = list(storage.rglob("model.pt"))
+    assert checkpoints, "no epoch-1 checkpoint: the fault fired too early to test resuming"
+    for path in checkpoints:  # every checkpoint that exists is whole, and none is of the failed epoch
+        assert read_checkpoint(path)["metrics"]["epoch"] == 1
+    client = MlflowClient(mlflow_server.uri)
+    before = _runs(client, "diskfull")
+    assert before and all(r.data.tags["mcel.state"] == "running" for r in before)  # not errored: resumable
+
+    try:  # --resume while the disk is still full: stopped the same way (the restored run's guard)
+        with pytest.raises(StorageFaultError, match=r"\[Errno 28\].*--resume"):
+            run_search(spec, resume=True, num_cpus=2, verbose=0)
+    finally:
+        ray.shutdown()
+    monkeypatch.delenv("MCEL_FAULT_INJECT")  # space freed
+    try:
+        outcome = run_search(spec, resume=True, num_cpus=2, verbose=0)
+    finally:
+        ray.shutdown()
+    runs = _assert_counted_once(client, "diskfull", storage, trials=2, epochs=epochs)
+    assert {r.info.run_id for r in before} <= {r.info.run_id for r in runs}  # the same runs, continued
+    states = [t["state"] for s in outcome.studies for t in s.trials]
+    assert states == ["completed", "completed"]
+
+
+class _FlakyClient:
+    """An MLflow client stand-in whose server is down while ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.tags: list[str] = []
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.down:
+            raise MlflowException(
+                "API request to http://127.0.0.1:1/api/2.0/mlflow/runs/set-tag failed with exception "
+                "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded ([Errno 111] Connection refused)"
+            )
+        if value == "bad":
+            raise MlflowException("INVALID_PARAMETER_VALUE: bad tag", error_code="INVALID_PARAMETER_VALUE")
+        self.tags.append(value)
+
+
+def test_mlflow_buffer_keeps_order_never_blocks_and_gives_up_clearly(monkeypatch) -> None:
+    """The buffer behind the server-restart test: calls queue while the server is down without blocking the
+    driver, go out in order once it is back, a final flush gives up after the timeout with one line, and a
+    real error (not an outage) is raised at once."""
+    from search import tracking
+
+    class Logger(tracking.MlflowTrialLogger):
+        def _tag(self, value: str) -> None:
+            self.client.set_tag("run", "k", value)
+
+    log = Logger("http://alice:pw@127.0.0.1:1", "0", "parent", "study", {}, {})
+    client = _FlakyClient()
+    log._client = client
+    start = time.monotonic()
+    for i in range(50):
+        log._enqueue("_tag", str(i))
+    assert time.monotonic() - start < 1.0  # one refused attempt, then the backoff: the driver goes on
+    assert log.pending == 50 and client.tags == []
+    client.down = False
+    log._retry_at = 0.0  # the backoff has passed
+    log._enqueue("_tag", "50")
+    assert client.tags == [str(i) for i in range(51)] and log.pending == 0  # in order, nothing lost
+    client.down = True
+    log._enqueue("_tag", "51")
+    monkeypatch.setattr(tracking, "FLUSH_TIMEOUT_S", 0.5)
+    with pytest.raises(tracking.TrackingUnavailableError) as info:
+        log.flush(final=True)
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and "1 MLflow calls unsent" in text and "pw" not in text
+    client.down = False
+    log._retry_at = 0.0
+    with pytest.raises(Exception, match="INVALID_PARAMETER_VALUE"):
+        log._enqueue("_tag", "bad")
+    assert client.tags[-1] == "51" and log.pending == 0

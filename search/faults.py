@@ -1,0 +1,156 @@
+"""Fault injection for reliability tests: real product code, inert unless ``MCEL_FAULT_INJECT`` is set.
+
+``MCEL_FAULT_INJECT`` holds one or more faults separated by ``;``, each ``<kind>:epoch=<k>``:
+
+* ``raise_once:epoch=3`` — the trial raises :class:`InjectedFault` at the start of epoch 3, on its first
+  attempt only (a marker file ``.mcel-fault-raise_once-epoch3`` in the trial directory remembers that it
+  fired), so Ray Tune's retry (``failure.max_retries``) resumes it from its last checkpoint (epoch 2);
+* ``enospc:epoch=2`` — every attempt's checkpoint write of epoch 2 fails the way a full disk fails: bytes
+  reach a temporary file through :func:`core.atomic.atomic_write`, then ``OSError(ENOSPC)`` is raised
+  (the temporary file is removed, no checkpoint is left half-written). It keeps failing while the variable
+  is set, as a full disk would; the driver stops the search (see ``search.runner``) and a later
+  ``mcel search --resume`` without the variable finishes it.
+
+Handling real storage faults (not injected ones) lives here too: :class:`StorageFaultGuard`, a Tune callback
+of the driver, stops the search at the first trial that failed on a full or read-only disk.
+
+The variable is read in the trial process. A local Ray instance started by ``mcel search`` inherits the
+driver's environment, and ``search.runner`` also passes the variable to Ray workers through
+``runtime_env``. An unparsable value is refused before anything starts (``search.runner.preflight``).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+#: The environment variable holding the faults to inject (unset or empty: none).
+FAULT_ENV = "MCEL_FAULT_INJECT"
+#: Kinds of faults.
+FAULT_KINDS: tuple[str, ...] = ("raise_once", "enospc")
+
+#: errno values that mean "the disk is full or read-only": retrying does not help, resuming later does.
+STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+_FAULT_RE = re.compile(r"(?P<kind>[a-z_]+):epoch=(?P<epoch>[0-9]+)")
+
+
+class InjectedFault(RuntimeError):
+    """The error a ``raise_once`` fault raises in a trial."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One injected fault: ``kind`` at epoch ``epoch`` (1-based)."""
+
+    kind: str  # one of FAULT_KINDS
+    epoch: int  # the epoch it fires at, >= 1
+
+
+def parse_faults(text: str | None) -> list[Fault]:
+    """The faults of a ``MCEL_FAULT_INJECT`` value; a ValueError names the bad part and the allowed form."""
+    faults = []
+    for part in (text or "").split(";"):
+        part = part.strip()
+        if not part:
+            continue
+        m = _FAULT_RE.fullmatch(part)
+        if not m or m.group("kind") not in FAULT_KINDS or int(m.group("epoch")) < 1:
+            raise ValueError(
+                f"{FAULT_ENV}: {part!r} — <kind>:epoch=<k> with kind one of {', '.join(FAULT_KINDS)} and k >= 1"
+            )
+        faults.append(Fault(m.group("kind"), int(m.group("epoch"))))
+    return faults
+
+
+def active_faults() -> list[Fault]:
+    """The faults set in the environment (none when ``MCEL_FAULT_INJECT`` is unset)."""
+    return parse_faults(os.environ.get(FAULT_ENV))
+
+
+def before_epoch(epoch: int, trial_dir: str | os.PathLike | None) -> None:
+    """Called by the trial before it trains ``epoch``; raises :class:`InjectedFault` for a ``raise_once``
+    fault of that epoch on the trial's first attempt."""
+    for fault in active_faults():
+        if fault.kind != "raise_once" or fault.epoch != epoch or trial_dir is None:
+            continue
+        marker = Path(trial_dir) / f".mcel-fault-raise_once-epoch{epoch}"
+        if marker.exists():
+            continue
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("fired\n")
+        raise InjectedFault(
+            f"injected fault ({FAULT_ENV}=raise_once:epoch={epoch}) at the start of epoch {epoch}"
+        )
+
+
+def checkpoint_write_fails(epoch: int) -> bool:
+    """Whether an ``enospc`` fault makes the checkpoint write of ``epoch`` fail."""
+    return any(f.kind == "enospc" and f.epoch == epoch for f in active_faults())
+
+
+def fail_write_enospc(path: str | os.PathLike) -> None:
+    """Write to ``path`` through :func:`core.atomic.atomic_write` and fail half-way with ENOSPC, as a full
+    disk does: the temporary file is removed and ``path`` is not created."""
+    from core.atomic import atomic_write
+
+    with atomic_write(path, "wb") as fh:
+        fh.write(b"\0" * 4096)  # part of the checkpoint reached the disk ...
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))  # ... then it was full
+
+
+_ERRNO_RE = re.compile(r"\[Errno (?P<errno>\d+)\] (?P<text>[^:\n]+)(?:: (?P<path>'[^'\n]*'|\S+))?")
+
+
+def storage_fault(text: str) -> str | None:
+    """``"[Errno 28] No space left on device: '<path>'"`` if ``text`` (an error, a traceback) shows a storage
+    fault (:data:`STORAGE_ERRNOS`), else None."""
+    for m in _ERRNO_RE.finditer(text):
+        if int(m.group("errno")) in STORAGE_ERRNOS:
+            return m.group(0)
+    return None
+
+
+def _trial_error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    try:
+        if path and Path(path).exists():
+            return Path(path).read_text()
+    except OSError:
+        pass
+    return str(getattr(trial, "error_msg", "") or "")
+
+
+class StorageFaultStop(Exception):
+    """Raised from a Tune callback to stop ``Tuner.fit`` at once (like a killed driver: resumable)."""
+
+
+class StorageFaultGuard(Callback):
+    """Tune callback: the first trial failure caused by a full or read-only disk stops the whole search.
+
+    Called on ``on_trial_recover`` (a failure Tune would retry) and ``on_trial_error`` (the last one), it
+    records the fault (``self.fault``: errno text and path, ``self.trial``) and raises, which ends
+    ``Tuner.fit`` the way a killed driver does: the experiment state stays resumable.
+    """
+
+    def __init__(self) -> None:
+        self.fault: str | None = None
+        self.trial: str | None = None
+
+    def _check(self, trial: Any) -> None:
+        fault = storage_fault(_trial_error_text(trial))
+        if fault is not None:
+            self.fault, self.trial = fault, str(trial)
+            raise StorageFaultStop(fault, self.trial)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._check(trial)

@@ -1,0 +1,113 @@
+"""Security: what we start listens on 127.0.0.1 only, and no credential reaches MLflow or the terminal."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search import runner
+from search.spec import parse_spec, redact_credentials
+
+ROOT = Path(__file__).resolve().parents[2]
+#: Product code and docs a user copies commands from (tests excluded: their servers are test fixtures).
+PRODUCT_FILES = [
+    *sorted((ROOT / "search").glob("*.py")),
+    *sorted((ROOT / "core").rglob("*.py")),
+    *sorted((ROOT / "analysis").rglob("*.py")),
+    *sorted((ROOT / "configs").glob("*.yaml")),
+    *sorted((ROOT / "docs").glob("*.md")),
+    *sorted(ROOT.glob("cluster*.yaml")),
+    ROOT / "README.md",
+    ROOT / "Makefile",
+]
+ALL_INTERFACES = ".".join(["0"] * 4)
+_SERVER_RE = re.compile(r"mlflow (?:server|ui)\b[^\n`\"]*")
+_HOST_RE = re.compile(r"--host[= ](\S+)")
+
+
+def test_local_ray_dashboard_binds_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
+    calls: list[dict] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    runner._init_ray(None, 1)
+    assert calls and calls[0]["dashboard_host"] == "127.0.0.1"
+    assert calls[0]["include_dashboard"] is False
+
+
+def test_every_server_command_we_ship_binds_to_loopback_or_the_private_address() -> None:
+    found = []
+    for path in PRODUCT_FILES:
+        text = path.read_text()
+        assert ALL_INTERFACES not in text, f"{path}: binds to all interfaces"
+        for m in _SERVER_RE.finditer(text):
+            hosts = _HOST_RE.findall(m.group(0))
+            found.append((path.name, m.group(0)))
+            # no --host: mlflow's default is 127.0.0.1; $HEAD_IP is the head's private address (the cluster
+            # file checks in search/cluster.py verify it)
+            assert all(h in ("127.0.0.1", "$HEAD_IP") for h in hosts), (path, m.group(0))
+        for m in re.finditer(r"dashboard[-_]host\s*=\s*[\"']?([\w.${}]+)", text):
+            found.append((path.name, m.group(0)))
+            assert m.group(1) == "127.0.0.1", (path, m.group(0))
+    names = {name for name, _ in found}
+    assert {"cli.py", "runner.py", "cluster.yaml", "cluster-gcp.yaml"} <= names, found  # the grep sees them
+
+
+def test_docs_send_users_through_ssh_tunnels() -> None:
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    assert (
+        "SSH tunnels" in text and "ssh -i" in text and "-L 5000:" in text and "-L 8265:127.0.0.1:8265" in text
+    )
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("http://alice:hunter2@mlflow.example:5000", "hunter2"),
+        ("postgresql+psycopg2://optuna:s3cr%40t@db:5432/optuna", "s3cr%40t"),
+        ("mysql://root:pw@10.0.0.3/mlflow", ":pw@"),
+        ("https://host/api?token=abc123&x=1", "abc123"),
+        ("error: could not reach http://bob:topsecret@h:1/ (refused)", "topsecret"),
+    ],
+)
+def test_redact_credentials_masks_passwords(text: str, secret: str) -> None:
+    out = redact_credentials(text)
+    assert secret not in out and "***" in out
+
+
+@pytest.mark.slow
+def test_logged_params_and_tags_never_contain_credentials(
+    tmp_path, mlflow_server, local_ray, small_spec
+) -> None:
+    """A real search whose tracking URI carries a password: the password is in no MLflow param,
+    tag or the printed plan; the masked URI is logged (so the param exists and was masked, not dropped)."""
+    port = mlflow_server.uri.rsplit(":", 1)[1]
+    uri = f"http://alice:hunter2@127.0.0.1:{port}"  # the server ignores basic auth: the search runs
+    spec = parse_spec(
+        small_spec(
+            "secrets",
+            train={"epochs": 1, "batch_size": 64, "device": "cpu"},
+            trials_per_arch=1,
+            concurrency=1,
+            tracking={"uri": uri, "experiment": "secrets"},
+            storage={
+                "path": str(tmp_path / "ray"),
+                "optuna": f"sqlite:///{tmp_path / 'optuna.db'}",
+            },
+        )
+    )
+    assert "hunter2" not in runner.plan(spec, uri, str(tmp_path / "ray"))
+    runner.run_search(spec, verbose=0)
+    client = MlflowClient(mlflow_server.uri)
+    exp = client.get_experiment_by_name("secrets")
+    runs = client.search_runs([exp.experiment_id])
+    assert {r.data.tags.get("mcel.role") for r in runs} == {"parent", "trial"}
+    for run in runs:
+        for value in [*run.data.params.values(), *run.data.tags.values()]:
+            assert "hunter2" not in value, value
+    parent = next(r for r in runs if r.data.tags["mcel.role"] == "parent")
+    assert parent.data.params["tracking.uri"] == f"http://alice:***@127.0.0.1:{port}"
