@@ -324,7 +324,13 @@ def _splitmix64(x: int) -> int:
 
 @contextmanager
 def inject_bit_errors(
-    model: nn.Module, ber: float, seed: int, p10: float | None = None
+    model: nn.Module,
+    ber: float,
+    seed: int,
+    p10: float | None = None,
+    *,
+    straight_through: bool = False,
+    count: bool = True,
 ) -> Iterator[dict[str, int]]:
     """Run ``model`` with bit-flipped weight codes inside the ``with`` block; restore exactly on exit.
 
@@ -339,8 +345,13 @@ def inject_bit_errors(
     every model whose quantized layers have the same shapes and bits, whatever their weights (paired
     comparisons); with asymmetric errors the flips depend on the weights only through the thinning.
 
+    ``straight_through=True`` is for bit-error *training* (flips at ``p_train`` in every step, the baseline
+    the MCEL paper argues against): gradients reach the float weights through the corrupted forward pass
+    (:meth:`core.layers.QuantizedLayerMixin.substitute_codes`). ``count=False`` skips counting the flips
+    (no host synchronisation; the yielded dict is then empty).
+
     Yields:
-        ``{layer name: number of flipped bits}``.
+        ``{layer name: number of flipped bits}`` (empty when ``count=False``).
 
     Raises:
         ValueError: ``ber`` or ``p10`` is not a finite number in [0, 1], or ``model`` has no quantized
@@ -364,10 +375,10 @@ def inject_bit_errors(
             generator = torch.Generator(device=qt.codes.device)
             generator.manual_seed(derive_seed(seed, k))
             flipped, counts[name] = _flip_bits_counted(
-                qt.codes, qt.bits, ber, p10, generator, "auto", count=True
+                qt.codes, qt.bits, ber, p10, generator, "auto", count=count
             )
-            layer.substitute_codes(qt.with_codes(flipped))
-        yield {name: int(c) for name, c in counts.items()}
+            layer.substitute_codes(qt.with_codes(flipped), straight_through=straight_through)
+        yield {name: int(c) for name, c in counts.items()} if count else {}
     finally:
         for _, layer in layers:
             layer.clear_substitute()

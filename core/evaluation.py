@@ -9,12 +9,19 @@ minimum and the maximum of the ``reps`` accuracies.
 
 At ``p = 0`` no bit flips, so every repetition equals the clean accuracy exactly; the sweep runs that pass
 once (through the same injection path) and reuses it.
+
+Every pass runs inside :func:`core.layers.cached_quantization`: the clean codes are computed once per
+sweep (not once per realization) and the clean fake-quantized weights once per evaluation (not once per
+batch); the results are bit for bit those of the straight path (``tests/core/test_fast_paths.py``).
+Batching several realizations into one forward pass was measured and not adopted (``benchmarks/``): the
+passes are compute-bound, so R realizations cost R passes either way.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from core.biterrors import derive_seed, inject_bit_errors
+from core.layers import cached_quantization
 from core.training import resolve_device, top2_margin
 
 Batches = list[tuple[Tensor, Tensor]]
@@ -36,6 +44,18 @@ def cache_batches(
         return [(x.to(device), y.to(device)) for x, y in data]
     loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size=batch_size, shuffle=False)
     return [(x.to(device), y.to(device)) for x, y in loader]
+
+
+@contextmanager
+def _evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode and :func:`core.layers.cached_quantization` inside; the previous train/eval mode after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with cached_quantization(model):
+            yield
+    finally:
+        model.train(was_training)
 
 
 @torch.no_grad()
@@ -54,12 +74,8 @@ def evaluate_accuracy(
     """Fraction of correctly classified samples, the model in eval mode, without any bit errors."""
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     batches = cache_batches(data, dev)
-    was_training = model.training
-    model.eval()
-    try:
+    with _evaluating(model):
         correct, total = _count_correct(model, batches)
-    finally:
-        model.train(was_training)
     return correct / max(total, 1)
 
 
@@ -71,16 +87,12 @@ def margin_statistics(
     and wrongly classified samples. Also returns the raw per-sample margins under ``"margins"``."""
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     batches = cache_batches(data, dev)
-    was_training = model.training
-    model.eval()
     margins, right = [], []
-    try:
+    with _evaluating(model):
         for x, y in batches:
             logits = model(x)
             margins.append(top2_margin(logits).float().cpu())
             right.append((logits.argmax(dim=-1) == y).cpu())
-    finally:
-        model.train(was_training)
     m = torch.cat(margins)
     ok = torch.cat(right)
     q = torch.quantile(m, torch.tensor([0.05, 0.25, 0.5, 0.75, 0.95]))
@@ -174,10 +186,8 @@ def ber_sweep(
     bers = _check_sweep_args(bers, reps, p10)
     dev = resolve_device(device) if device is not None else next(model.parameters()).device
     batches = cache_batches(data, dev)
-    was_training = model.training
-    model.eval()
     records: list[dict[str, Any]] = []
-    try:
+    with _evaluating(model):
         for ber in bers:
             symmetric_zero = ber == 0.0 and (p10 is None or p10 == 0.0)
             clean_acc: float | None = None
@@ -192,8 +202,6 @@ def ber_sweep(
                     if symmetric_zero:
                         clean_acc = acc
                 records.append({"ber": ber, "rep": rep, "seed": rseed, "accuracy": acc})
-    finally:
-        model.train(was_training)
     summary = [summarize(b, [r["accuracy"] for r in records if r["ber"] == b]) for b in bers]
     return BerSweepResult(records=records, summary=summary, seed=seed, p10=p10)
 

@@ -11,11 +11,22 @@ Bit-error hook: :meth:`QuantizedLayerMixin.quantized_weight` hands out the clean
 :meth:`QuantizedLayerMixin.substitute_codes` makes the layer run with other codes (e.g. flipped ones),
 decoded with the clean weight's scale and offset; :meth:`QuantizedLayerMixin.clear_substitute` goes back.
 The float parameter itself is never modified, so restoring is exact by construction.
+
+Fast paths (equivalence tests in ``tests/core/test_fast_paths.py``):
+
+* A substituted weight is decoded once, at its first use, not in every forward pass (it is a constant).
+* Inside :func:`cached_quantization` (used by :mod:`core.evaluation`) a layer computes its clean codes and
+  fake-quantized weight once and reuses them while its weight is unchanged. The cache is keyed on the
+  weight's version counter (bumped by every in-place update: optimizer steps, ``copy_``,
+  ``load_state_dict``) and storage, and used only where autograd does not record (``torch.no_grad`` or a
+  weight without ``requires_grad``), so it can never cut a gradient. Writes through ``weight.data`` do not
+  bump the version counter: do not make them inside the ``with`` block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -44,10 +55,18 @@ class QuantizedLayerMixin:
     weight: nn.Parameter
     bits: int
     _substitute: QuantizedTensor | None
+    _straight_through: bool
+    _substitute_value: Tensor | None  # the decoded substitute, computed at its first use
+    _cache_enabled: bool  # inside cached_quantization
+    _cache: list | None  # [key, weight view, clean codes, fake-quantized weight or None until first asked]
 
     def _init_quant(self, bits: int) -> None:
         self.bits = check_layer_bits(bits)
         self._substitute = None
+        self._straight_through = False
+        self._substitute_value = None
+        self._cache_enabled = False
+        self._cache = None
 
     @property
     def is_quantized(self) -> bool:
@@ -58,13 +77,33 @@ class QuantizedLayerMixin:
         """The clean weight's codes, scale and offset (no gradient)."""
         if not self.is_quantized:
             raise RuntimeError("a 32-bit (float) layer holds no quantized codes")
+        if self._cache_enabled:
+            return self._cached(value=False)[0]
         return quantize(self.weight.detach(), self.bits)
 
-    def substitute_codes(self, qt: QuantizedTensor) -> None:
+    def _cached(self, value: bool) -> tuple[QuantizedTensor, Tensor | None]:
+        """The clean codes and (if ``value``) the fake-quantized weight, recomputed when the weight's
+        version or storage changed since the last call; the weight is decoded only when first asked for
+        (a BER sweep needs only the codes). The cache holds a view of the weight, so that a replaced
+        weight's storage cannot be freed and reused at the same address while its entry exists."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = [key, w.detach(), quantize(w.detach(), self.bits), None]
+        if value and self._cache[3] is None:
+            self._cache[3] = dequantize(self._cache[2], dtype=w.dtype)
+        return self._cache[2], self._cache[3]
+
+    def substitute_codes(self, qt: QuantizedTensor, straight_through: bool = False) -> None:
         """Run with ``qt``'s codes from now on, until :meth:`clear_substitute`.
 
         ``qt`` must come from :meth:`quantized_weight` (possibly via ``with_codes``) so that corrupted codes are
         decoded with the clean weight's scale and offset, never re-estimated.
+
+        ``straight_through=False`` (evaluation): the substituted weight is a constant, no gradient reaches
+        the float weight. ``straight_through=True`` (bit-error training): the forward value is the
+        substituted weight ``w_e`` but the gradient flows to the float weight as if the clean fake-quantized
+        weight ``w_q`` had been used: ``w_q + (w_e - w_q).detach()`` (the error is treated as additive noise).
         """
         if not self.is_quantized:
             raise RuntimeError("a 32-bit (float) layer cannot run with substituted codes")
@@ -74,17 +113,29 @@ class QuantizedLayerMixin:
                 f"{tuple(self.weight.shape)} at {self.bits} bits"
             )
         self._substitute = qt
+        self._substitute_value = None
+        self._straight_through = bool(straight_through)
 
     def clear_substitute(self) -> None:
         """Go back to the layer's own (clean) weight."""
         self._substitute = None
+        self._substitute_value = None
+        self._straight_through = False
 
     def effective_weight(self) -> Tensor:
         """The weight the forward pass uses: substituted codes, fake-quantized weight, or the float weight."""
         if self._substitute is not None:
-            return dequantize(self._substitute, dtype=self.weight.dtype)
+            corrupted = self._substitute_value
+            if corrupted is None or corrupted.dtype != self.weight.dtype:
+                corrupted = self._substitute_value = dequantize(self._substitute, dtype=self.weight.dtype)
+            if self._straight_through:
+                clean = fake_quantize(self.weight, self.bits)
+                return clean + (corrupted - clean).detach()
+            return corrupted
         if not self.is_quantized:
             return self.weight
+        if self._cache_enabled and not (torch.is_grad_enabled() and self.weight.requires_grad):
+            return self._cached(value=True)[1]
         return fake_quantize(self.weight, self.bits)
 
 
@@ -175,3 +226,25 @@ def quantized_layers(model: nn.Module) -> Iterator[tuple[str, QuantizedLayerMixi
     for name, module in model.named_modules():
         if isinstance(module, QuantizedLayerMixin) and module.is_quantized:
             yield name, module
+
+
+@contextmanager
+def cached_quantization(model: nn.Module) -> Iterator[None]:
+    """Inside the block every quantized layer of ``model`` quantizes its clean weight once and reuses the
+    codes (:meth:`QuantizedLayerMixin.quantized_weight`, hence every bit-error realization) and the
+    fake-quantized weight (forward passes without autograd) until the weight changes (module docstring).
+
+    Results are bit for bit those without the block. On exit the layers' previous setting is restored and
+    caches of layers that were not caching before are dropped (nesting is allowed).
+    """
+    layers = [layer for _, layer in quantized_layers(model)]
+    previous = [layer._cache_enabled for layer in layers]
+    for layer in layers:
+        layer._cache_enabled = True
+    try:
+        yield
+    finally:
+        for layer, prev in zip(layers, previous, strict=True):
+            layer._cache_enabled = prev
+            if not prev:
+                layer._cache = None

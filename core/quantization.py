@@ -77,8 +77,7 @@ def _affine_params(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """Per-tensor ``(scale, offset)`` for ``w`` at ``bits``; see the module docstring."""
     if bits == 1:
         return w.new_tensor(2.0), w.new_tensor(-1.0)
-    lo = w.min()
-    hi = w.max()
+    lo, hi = torch.aminmax(w)  # one pass over w (min() then max() would read it twice)
     scale = (hi - lo) / float((1 << bits) - 1)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return scale, lo
@@ -101,7 +100,7 @@ def quantize(w: Tensor, bits: int) -> QuantizedTensor:
         if bits == 1:
             codes = (w >= 0).to(torch.uint8)
         else:
-            q = torch.round((w - offset) / scale)
+            q = (w - offset).div_(scale).round_()  # = torch.round((w - offset) / scale), one buffer
             codes = q.clamp_(0, (1 << bits) - 1).to(torch.uint8)
     return QuantizedTensor(codes=codes, scale=scale, offset=offset, bits=bits)
 
@@ -109,12 +108,31 @@ def quantize(w: Tensor, bits: int) -> QuantizedTensor:
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> Tensor:
     """Decode ``qt.codes * qt.scale + qt.offset`` (binary: ``2 * code - 1``) in ``dtype`` (default: scale's)."""
     dtype = dtype or qt.scale.dtype
-    return qt.codes.to(dtype) * qt.scale.to(dtype) + qt.offset.to(dtype)
+    # in place on the converted codes: the values of `codes * scale + offset`, one buffer instead of three
+    return qt.codes.to(dtype, copy=True).mul_(qt.scale.to(dtype)).add_(qt.offset.to(dtype))
 
 
 def quantize_dequantize(w: Tensor, bits: int) -> Tensor:
     """The value each element of ``w`` is stored as (no gradient), in ``w``'s dtype."""
     return dequantize(quantize(w, bits), dtype=w.dtype)
+
+
+def _fake_quantize_value(w: Tensor, bits: int) -> Tensor:
+    """The forward value of :func:`fake_quantize`, ``dequantize(quantize(w, bits))``, in fewer passes.
+
+    Fast path (n-bit): ``((w - lo) / scale).round().clamp(0, 2**bits - 1) * scale + lo`` evaluated in place
+    in ``w``'s dtype: the same operations in the same order and dtype as :func:`quantize` followed by
+    :func:`dequantize`, so the result is equal bit for bit (tested in ``tests/core/test_fast_paths.py``),
+    without the round trip through ``uint8`` codes (two conversions) and with one ``aminmax`` pass
+    instead of ``min`` and ``max``: 6 passes over the weight instead of 10, no host synchronisation. One
+    difference: a NaN weight stays NaN here (as the module docstring promises), whereas the ``uint8``
+    conversion of the straight path turns it into an arbitrary code. Binary weights take the straight path.
+    """
+    if bits == 1:
+        return quantize_dequantize(w, bits)
+    with torch.no_grad():
+        scale, lo = _affine_params(w, bits)
+        return (w - lo).div_(scale).round_().clamp_(0, (1 << bits) - 1).mul_(scale).add_(lo)
 
 
 class _FakeQuantSTE(torch.autograd.Function):
@@ -125,7 +143,7 @@ class _FakeQuantSTE(torch.autograd.Function):
         ctx.bits = bits
         if bits == 1:
             ctx.save_for_backward(w)
-        return quantize_dequantize(w, bits)
+        return _fake_quantize_value(w, bits)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
