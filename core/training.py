@@ -28,11 +28,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from core.biterrors import derive_seed
+from core.biterrors import derive_seed, inject_bit_errors
 
 
 class TrainingDivergedError(RuntimeError):
     """The training loss became NaN or infinite; the message names the epoch."""
+
+
+_TRAIN_BER_KEY = 0xB17  # seed-derivation key of the per-step bit-error realizations of bit-error training
 
 
 @dataclass
@@ -49,6 +52,10 @@ class TrainConfig:
     device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
     num_workers: int = 0  # DataLoader workers (0: in-process; our data sets are in-memory tensors)
     progress: bool = False  # print a progress bar to stderr
+    # Bit-error training (the baseline the paper argues against): every step runs its forward pass with the
+    # quantized weights' bits flipped at this rate, a fresh realization per step (seeded by seed, epoch,
+    # step), gradients straight through to the float weights. 0 (default): clean training.
+    train_ber: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "step_size"):
@@ -61,6 +68,9 @@ class TrainConfig:
             raise ValueError(f"gamma={self.gamma!r} is not allowed: it must be in (0, 1]")
         if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: it must be >= 0")
+        tb = self.train_ber
+        if isinstance(tb, bool) or not (isinstance(tb, int | float) and 0 <= tb <= 0.5):
+            raise ValueError(f"train_ber={tb!r} is not allowed: it must be a bit error rate in [0, 0.5]")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,10 +157,17 @@ class Trainer:
         seen = 0
         loader = self._loader(epoch)
         batches = _progress(loader, f"epoch {epoch}/{self.config.epochs}") if self.config.progress else loader
-        for x, y in batches:
+        for step, (x, y) in enumerate(batches):
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
-            logits = model(x)
+            if self.config.train_ber > 0:
+                seed = derive_seed(self.config.seed, _TRAIN_BER_KEY, epoch, step)
+                with inject_bit_errors(
+                    model, self.config.train_ber, seed, straight_through=True, count=False
+                ):
+                    logits = model(x)
+            else:
+                logits = model(x)
             loss = self.loss_fn(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

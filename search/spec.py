@@ -39,6 +39,8 @@ A complete spec, every key shown (only ``name``, ``dataset``, ``architectures``,
       weight_decay: 0.0
       seed: 0                      # weight init and shuffling; the same for every trial
       device: auto                 # auto, cpu, cuda or cuda:N
+      train_ber: 0.0               # bit-error training baseline: flip weight bits at this rate in every
+                                   # training step (the method MCEL avoids); 0: off
     objective:                     # the two objectives: clean accuracy and accuracy at target_ber
       target_ber: 0.01             # bit error rate of the second objective, in [0, 1]
       reps: 10                     # error realizations averaged per measurement
@@ -199,6 +201,7 @@ class TrainSpec:
     weight_decay: float = 0.0  # Adam weight decay, >= 0
     seed: int = 0  # weight init and shuffling seed, >= 0
     device: str = "auto"  # auto, cpu, cuda, cuda:N
+    train_ber: float = 0.0  # bit-error training: flip rate in every training step, in [0, 0.5] (0: off)
 
 
 @dataclass(frozen=True)
@@ -632,6 +635,14 @@ def _train(errs: _Errors, value: Any) -> TrainSpec | None:
         weight_decay=_float(errs, "train.weight_decay", raw.get("weight_decay", d.weight_decay), ge=0),
         seed=_int(errs, "train.seed", raw.get("seed", d.seed), ge=0),
         device=device,
+        train_ber=_float(
+            errs,
+            "train.train_ber",
+            raw.get("train_ber", d.train_ber),
+            ge=0,
+            le=0.5,
+            what="a bit error rate in [0, 0.5] (0: no bit-error training)",
+        ),
     )
 
 

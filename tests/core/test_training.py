@@ -8,6 +8,7 @@ import torch
 from core.data import load_dataset
 from core.evaluation import evaluate_accuracy
 from core.experiment import TrialSpec, run_trial
+from core.layers import quantized_layers
 from core.losses import create_loss
 from core.models import create_model
 from core.training import TrainConfig, Trainer, TrainingDivergedError, seed_everything, top2_margin
@@ -109,6 +110,9 @@ def test_nan_loss_raises_training_diverged() -> None:
         ({"batch_size": -1}, "batch_size=-1"),
         ({"lr": 0.0}, "lr=0.0"),
         ({"gamma": 1.5}, "gamma=1.5"),
+        ({"train_ber": 0.6}, "train_ber=0.6"),
+        ({"train_ber": -0.1}, "train_ber=-0.1"),
+        ({"train_ber": True}, "train_ber=True"),
     ],
 )
 def test_train_config_validation(kwargs: dict, needle: str) -> None:
@@ -135,3 +139,77 @@ def test_evaluate_accuracy_counts_by_hand() -> None:
     x = torch.tensor([[1.0], [-1.0], [2.0], [-3.0]])
     y = torch.tensor([0, 0, 1, 1])
     assert evaluate_accuracy(Fixed(), [(x, y)]) == 0.5
+
+
+# ------------------------------------------------------------------------------- bit-error training
+
+
+def test_straight_through_substitute_forward_is_corrupted_gradient_is_by_hand() -> None:
+    """y = x W_e^T with W_e the flipped weight; dL/dW for L = sum(c * y) is c^T x (as for any linear layer)."""
+    from core.biterrors import flip_bits
+    from core.layers import QuantLinear
+    from core.quantization import dequantize
+
+    torch.manual_seed(0)
+    layer = QuantLinear(6, 3, bits=4, bias=False)
+    x = torch.randn(5, 6)
+    c = torch.randn(5, 3)
+    qt = layer.quantized_weight()
+    flipped = qt.with_codes(flip_bits(qt.codes, 4, 0.3, generator=torch.Generator().manual_seed(1)))
+    assert not torch.equal(flipped.codes, qt.codes)
+    layer.substitute_codes(flipped, straight_through=True)
+    y = layer(x)
+    torch.testing.assert_close(y, x @ dequantize(flipped).T)
+    (c * y).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, c.T @ x)
+    # evaluation mode of the hook: a constant weight, no gradient reaches the float weight
+    layer.substitute_codes(flipped)
+    assert not layer(x).requires_grad
+    layer.clear_substitute()
+    torch.testing.assert_close(layer(x), x @ dequantize(qt).T)
+
+
+def _digits_trainer(train_ber: float, seed: int = 3, epochs: int = 2) -> Trainer:
+    data = load_dataset("digits")
+    seed_everything(seed)
+    model = create_model("small_cnn", bits=4, num_classes=10, in_channels=1, image_size=8)
+    config = TrainConfig(epochs=epochs, batch_size=128, seed=seed, train_ber=train_ber)
+    return Trainer(model, data.train, create_loss("cel"), config)
+
+
+def test_bit_error_training_is_seeded_fresh_per_step_and_restores_weights(monkeypatch) -> None:
+    import core.training as training
+
+    seeds: list[int] = []
+    real = training.inject_bit_errors
+
+    def spy(model, ber, seed, *args, **kwargs):
+        assert ber == 0.01 and kwargs["straight_through"] is True
+        seeds.append(seed)
+        return real(model, ber, seed, *args, **kwargs)
+
+    monkeypatch.setattr(training, "inject_bit_errors", spy)
+    a = _digits_trainer(0.01)
+    a.fit()
+    steps_per_epoch = -(-len(load_dataset("digits").train) // 128)
+    assert len(seeds) == 2 * steps_per_epoch and len(set(seeds)) == len(seeds)  # a new realization per step
+    # no substitute is left behind: the trained model runs on its own weights
+    assert all(layer._substitute is None for _, layer in quantized_layers(a.model))
+    b = _digits_trainer(0.01)
+    b.fit()
+    for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(va, vb), k  # same seed, same flips, same model
+    clean = _digits_trainer(0.0)
+    clean.fit()
+    assert clean.history[-1].train_loss != a.history[-1].train_loss
+
+
+def test_bit_error_training_at_half_the_bits_learns_nothing() -> None:
+    """At p = 0.5 every stored bit is a coin toss: the forward pass sees random weights, training accuracy
+    stays near chance (0.1 for 10 classes), while clean training of the same model gets far above it."""
+    noisy = _digits_trainer(0.5, epochs=3)
+    noisy.fit()
+    clean = _digits_trainer(0.0, epochs=3)
+    clean.fit()
+    assert noisy.history[-1].train_acc < 0.3
+    assert clean.history[-1].train_acc > 0.6

@@ -141,6 +141,11 @@ SPEC_CASES: list[tuple[str, SpecEdit, list[str]]] = [
     ),
     ("zero-trials", edit("trials_per_arch", 0), ["trials_per_arch", "0", "an integer >= 1"]),
     ("zero-epochs", edit("train.epochs", 0), ["train.epochs", "0", "an integer >= 1"]),
+    (
+        "train-ber-above-half",
+        edit("train.train_ber", 0.7),
+        ["train.train_ber", "0.7", "a bit error rate in [0, 0.5]"],
+    ),
     ("zero-concurrency", edit("concurrency", 0), ["concurrency", "0", "an integer >= 1"]),
     (
         "fractional-gpus-above-1",

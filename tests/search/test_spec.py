@@ -144,6 +144,8 @@ def test_minimal_spec_takes_defaults() -> None:
     assert spec.space["logit_scale"] == ParamSpace("choice", values=(1.0,))
     assert spec.space["logit_scale"].fixed == 1.0 and spec.space["margin"].fixed is None
     assert spec.train.batch_size == 256 and spec.train.device == "auto"
+    assert spec.train.train_ber == 0.0  # bit-error training is off unless asked for
+    assert parse_spec(mutate({"train.train_ber": 0.01})).train.train_ber == 0.01
     assert spec.concurrency == 1
     assert spec.sampler.name == "nsga2" and spec.pruner.name == "median" and spec.pruner.metric == "clean_acc"
     assert spec.baseline.enabled is True and spec.failure.max_retries == 2
