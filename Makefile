@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.suite
 
 ## The FashionMNIST reproduction (docs/results.md): VGG3 4-bit, CEL vs MCEL vs MHL vs bit-error training.
-## Trained models are cached in .cache/results-fashionmnist, so a rerun only re-renders the report.
+## Trained models are cached in benchmarks/cache/fashionmnist (committed), so a rerun only re-renders the report.
 results: $(STAMP)
 	$(BIN)/python benchmarks/results_fashionmnist.py
 
