@@ -361,7 +361,11 @@ def main(argv: list[str] | None = None) -> None:
         default="",
         help="train these models (keys: cel, mcel16, mhl16, flips0.01) and stop, no report",
     )
-    p.add_argument("--cache", default="benchmarks/cache/fashionmnist", help="per-model result cache (committed: a rerun only re-renders)")
+    p.add_argument(
+        "--cache",
+        default="benchmarks/cache/fashionmnist",
+        help="per-model result cache (committed: a rerun only re-renders)",
+    )
     p.add_argument("--out", default="docs/results.md", help="Markdown file ('' : print only)")
     p.add_argument("--figures", default="docs/figures", help="directory of the PNG figures")
     args = p.parse_args(argv)
