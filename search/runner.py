@@ -465,6 +465,10 @@ def run_search(
                 num_samples=spec.trials_per_arch,
                 max_concurrent_trials=spec.concurrency,
                 trial_dirname_creator=trial_dirname,
+                # One worker process serves trial after trial (Ray's default starts a fresh one per trial:
+                # process start + imports each time, benchmarks/RESULTS.md `search`). Safe here: a trial
+                # seeds everything it uses and keeps no state in the process between trials.
+                reuse_actors=True,
             ),
             callbacks=[logger_cb, guard],
             max_failures=spec.failure.max_retries,
