@@ -137,7 +137,7 @@ def cache_key(model: Model, args: argparse.Namespace) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def train_and_evaluate(model: Model, args: argparse.Namespace, data, batches) -> dict[str, Any]:
+def train_and_evaluate(model: Model, args: argparse.Namespace, batches) -> dict[str, Any]:
     """Train ``model``, sweep it, measure its logit shift; a JSON-ready dict."""
     t0 = time.perf_counter()
     res = run_trial(model.spec(args))
@@ -160,12 +160,12 @@ def train_and_evaluate(model: Model, args: argparse.Namespace, data, batches) ->
     }
 
 
-def load_or_run(model: Model, args: argparse.Namespace, data, batches) -> dict[str, Any]:
+def load_or_run(model: Model, args: argparse.Namespace, batches) -> dict[str, Any]:
     path = Path(args.cache) / f"{args.bits}b-{cache_key(model, args)}.json"
     if path.exists():
         return json.loads(path.read_text())
     print(f"training {model.name} ({args.bits}-bit, {args.epochs} epochs) ...", file=sys.stderr, flush=True)
-    result = train_and_evaluate(model, args, data, batches)
+    result = train_and_evaluate(model, args, batches)
     with atomic_write(path, "w") as fh:
         fh.write(json.dumps(result, indent=1))
     print(
@@ -386,9 +386,9 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--only {sorted(unknown)}: not among the models {[m.key for m in todo]}")
         for m in todo:
             if m.key in wanted:
-                load_or_run(m, args, data, batches)
+                load_or_run(m, args, batches)
         return
-    results = [{**load_or_run(m, args, data, batches), "key": m.key} for m in todo]
+    results = [{**load_or_run(m, args, batches), "key": m.key} for m in todo]
     costs = step_costs(todo, args)
     wall = time.perf_counter() - start
     trained = sum(r["train_seconds"] + r["sweep_seconds"] for r in results)
