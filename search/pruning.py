@@ -59,12 +59,14 @@ class OptunaPruningScheduler(FIFOScheduler):
         self.step_key = step_key
         self._study: optuna.Study | None = None
         self._numbers: dict[str, int] = {}
+        self._trials: dict[str, optuna.Trial] = {}  # live handles, one per running trial (not pickled)
         self._finished: set[str] = set()
         self.pruned: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_study"] = None
+        state["_trials"] = {}
         return state
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
@@ -89,27 +91,40 @@ class OptunaPruningScheduler(FIFOScheduler):
         return self._study
 
     def _optuna_trial(self, trial: Trial) -> tuple[str, optuna.Trial]:
+        """The pruning study's trial of ``trial``: the live handle, else found by number, else a new one.
+
+        The handle is kept for the trial's lifetime: looking a trial up (``study.trials`` copies every
+        trial) and wrapping it again cost ~9 ms per reported epoch, the handle nothing.
+        """
         key = trial_key(trial)
+        ot = self._trials.get(key)
+        if ot is not None:
+            return key, ot
         study = self.study
         if key not in self._numbers:
             ot = study.ask()
             ot.set_user_attr(KEY_ATTR, key)
             self._numbers[key] = ot.number
-            return key, ot
-        frozen = study.trials[self._numbers[key]]
-        return key, optuna.Trial(study, frozen._trial_id)
+        else:
+            trial_id = study._storage.get_trial_id_from_study_id_trial_number(
+                study._study_id, self._numbers[key]
+            )
+            ot = optuna.Trial(study, trial_id)
+        self._trials[key] = ot
+        return key, ot
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         value = result.get(self._metric)
         step = result.get(self.step_key)
         if value is None or step is None or result.get("final"):
             return TrialScheduler.CONTINUE
-        key, ot = self._optuna_trial(trial)
-        if key in self._finished:
+        _ = self.study  # loading the study (after a restart) marks the trials that finished before it
+        if trial_key(trial) in self._finished:
             return TrialScheduler.CONTINUE
         value = float(value)
         if not math.isfinite(value):
             return TrialScheduler.CONTINUE
+        key, ot = self._optuna_trial(trial)
         ot.report(value, int(step))
         if ot.should_prune():
             logger.info(
@@ -131,6 +146,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         except Exception as exc:  # already finished in storage
             logger.debug("pruning study tell %s: %s", key, exc)
         self._finished.add(key)
+        self._trials.pop(key, None)
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
         key = trial_key(trial)
