@@ -488,7 +488,14 @@ def run_search(
 def _fit(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:
     """``tuner.fit()``; buffered MLflow calls are flushed (waiting for the server) when it returns, and a
     storage fault (seen by ``guard``, or by the guard a restored Tune run unpickled) becomes a one-line
-    :class:`StorageFaultError`."""
+    :class:`StorageFaultError`. The tracker's sender thread is stopped in any case."""
+    try:
+        return _fit_and_flush(tuner, guard, tracker, name)
+    finally:
+        tracker.close()
+
+
+def _fit_and_flush(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:
     from search.faults import StorageFaultStop, storage_fault
 
     fault: tuple[str, str] | None = None

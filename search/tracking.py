@@ -20,8 +20,14 @@ Layout (documented in README "MLflow layout"; ``analysis/`` reads it):
 A trial's run is found again by ``mcel.trial_key`` after a retry or a driver restart, and epochs already
 logged are not logged twice, so a resumed search never duplicates a run or a metric point.
 
-**A tracking server that blinks does not stop a search.** Every Tune event becomes one pending MLflow call
-in a bounded in-memory buffer (:attr:`MlflowTrialLogger.max_pending`), flushed in order at once. When the
+**MLflow is off the trials' critical path.** Every Tune event becomes one pending MLflow call in a bounded
+in-memory buffer (:attr:`MlflowTrialLogger.max_pending`), sent in order by one background thread of the
+driver (``background=True``, the default): a trial's ``tune.report`` waits for the driver to process its
+result, so a synchronous ``log_batch`` (~19 ms into a SQLite store) would stall every trial every epoch
+(benchmarks/RESULTS.md, ``search``). Only that thread talks to MLflow during a Tune run; the driver thread
+only appends. An error that is not an outage is raised in the driver at its next event or flush.
+
+**A tracking server that blinks does not stop a search.** When the
 server is unreachable (connection refused, timeout, HTTP 5xx) the call stays buffered and the driver goes
 on; the buffer is retried on the next event with a doubling backoff (0.5 s to 10 s), each attempt one HTTP
 request without MLflow's own retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and a 30 s timeout,
@@ -36,6 +42,7 @@ import contextlib
 import logging
 import math
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -175,9 +182,11 @@ def ber_metric_name(kind: str, ber: float) -> str:
 class MlflowTrialLogger(Callback):
     """Ray Tune callback (driver side) that writes the MLflow layout described in the module docstring.
 
-    Each ``on_trial_*`` event is queued as one pending call and the queue is flushed in order; while the
-    tracking server is unreachable the calls wait in the queue (see the module docstring). :meth:`flush`
-    with ``final=True`` (``on_experiment_end``, and the runner after ``Tuner.fit``) waits for the server.
+    Each ``on_trial_*`` event is queued as one pending call and the queue is sent in order: by a
+    background thread (``background=True``) or, with ``background=False``, by the driver thread at once
+    on each event. While the tracking server is unreachable the calls wait in the queue (see the module
+    docstring). :meth:`flush` with ``final=True`` (``on_experiment_end``, and the runner after
+    ``Tuner.fit``) waits for the queue to empty, the server to come back, or :data:`FLUSH_TIMEOUT_S`.
     """
 
     #: Pending calls kept while the server is unreachable; when full, the driver waits for the server.
@@ -192,7 +201,9 @@ class MlflowTrialLogger(Callback):
         tags: dict[str, str],
         params: dict[str, Any],
         role: str = "trial",
+        background: bool = True,
     ) -> None:
+        self.background = background
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -213,6 +224,18 @@ class MlflowTrialLogger(Callback):
         self._retry_at = 0.0
         self._backoff = BACKOFF_S[0]
         self._down_since: float | None = None
+        self._init_sender()
+
+    def _init_sender(self) -> None:
+        self._cond = threading.Condition()  # guards _error, _busy, _closing; wakes the sender and waiters
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None  # a non-outage error the sender met, raised in the driver
+        self._busy = False  # the sender is between taking a call and recording its outcome
+        self._closing = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_sender()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -231,6 +254,8 @@ class MlflowTrialLogger(Callback):
             _backoff=BACKOFF_S[0],
             _down_since=None,
         )
+        for name in ("_cond", "_thread", "_error", "_busy", "_closing"):
+            state.pop(name, None)
         return state
 
     # ------------------------------------------------------------------------------- buffered calls
@@ -241,17 +266,103 @@ class MlflowTrialLogger(Callback):
         return len(self._pending)
 
     def _enqueue(self, method: str, *args: Any) -> None:
-        self._pending.append((method, args))
-        if len(self._pending) > self.max_pending:
+        self._pending.append((method, args))  # deque.append: safe against the sender's popleft
+        full = len(self._pending) > self.max_pending
+        if full:
             logger.warning("MLflow buffer full (%d calls): waiting for the tracking server", self.pending)
+        if not self.background:
+            self._send(final=full)
+            return
+        self._start_sender()
+        with self._cond:
+            self._cond.notify_all()
+        if full:
             self.flush(final=True)
-        else:
-            self.flush()
+        self._raise_sender_error()  # this event is queued all the same
 
     def flush(self, final: bool = False) -> None:
         """Send the pending calls in order. Without ``final`` one attempt (none during the backoff) and
         return when the server is unreachable; with ``final`` retry until :data:`FLUSH_TIMEOUT_S` and then
-        raise :class:`TrackingUnavailableError`. Errors other than an unreachable server are raised."""
+        raise :class:`TrackingUnavailableError`. Errors other than an unreachable server are raised.
+
+        In background mode the sender thread does the sending and this waits: until the queue is empty,
+        or (without ``final``) until the sender backs off from an unreachable server.
+        """
+        if not self.background:
+            self._send(final)
+            return
+        self._raise_sender_error()
+        if not self._pending:
+            return
+        self._start_sender()
+        deadline = time.monotonic() + FLUSH_TIMEOUT_S
+        with self._cond:
+            self._cond.notify_all()
+            while (self._pending or self._busy) and self._error is None:
+                now = time.monotonic()
+                if now >= deadline or (not final and self._retry_at > now and not self._busy):
+                    break
+                self._cond.wait(timeout=min(0.5, deadline - now))
+        self._raise_sender_error()
+        if final and self._pending:
+            raise self._unavailable()
+
+    def close(self) -> None:
+        """Stop the sender thread once the queue is empty (or the server unreachable); idempotent."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        thread.join(timeout=5.0)
+        self._thread = None
+
+    def _start_sender(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._closing = False
+            self._thread = threading.Thread(target=self._sender, name="mcel-mlflow-sender", daemon=True)
+            self._thread.start()
+
+    def _raise_sender_error(self) -> None:
+        with self._cond:
+            error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _sender(self) -> None:
+        """The background thread: send pending calls in order; sleep through the backoff; exit on close."""
+        while True:
+            with self._cond:
+                while not self._pending and not self._closing:
+                    self._cond.wait()
+                if self._closing and (not self._pending or self._retry_at > time.monotonic()):
+                    return
+                wait = self._retry_at - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(timeout=wait)
+                    continue
+                self._busy = True
+            try:
+                self._send(final=False)
+            except Exception as exc:  # not an outage: the driver raises it at its next event or flush
+                with self._cond:
+                    self._error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _unavailable(self) -> TrackingUnavailableError:
+        return TrackingUnavailableError(
+            f"tracking.uri: {redact_credentials(self.tracking_uri)!r} — unreachable for {FLUSH_TIMEOUT_S:.0f}s "
+            f"with {self.pending} MLflow calls unsent (the runs of the trials concerned lack them); allowed: "
+            "a reachable tracking server, then rerun with --resume to continue the unfinished trials"
+        )
+
+    def _send(self, final: bool) -> None:
+        """The sending loop: calls in order; without ``final`` it returns at the first outage (or during
+        the backoff), with ``final`` it retries until :data:`FLUSH_TIMEOUT_S`. Other errors are raised."""
         if not self._pending:
             return
         deadline = time.monotonic() + FLUSH_TIMEOUT_S
@@ -298,14 +409,13 @@ class MlflowTrialLogger(Callback):
             self._backoff = BACKOFF_S[0]
             self._retry_at = 0.0
         if self._pending:
-            raise TrackingUnavailableError(
-                f"tracking.uri: {redact_credentials(self.tracking_uri)!r} — unreachable for {FLUSH_TIMEOUT_S:.0f}s "
-                f"with {self.pending} MLflow calls unsent (the runs of the trials concerned lack them); allowed: "
-                "a reachable tracking server, then rerun with --resume to continue the unfinished trials"
-            )
+            raise self._unavailable()
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
-        self.flush(final=True)
+        try:
+            self.flush(final=True)
+        finally:
+            self.close()
 
     @property
     def client(self) -> MlflowClient:
@@ -425,9 +535,8 @@ class MlflowTrialLogger(Callback):
     def _latest_checkpoint(self, trial: Trial) -> Any:
         return self._checkpoints.get(self._key(trial)) or trial.checkpoint
 
-    def _upload(self, run_id: str, trial: Trial) -> dict | None:
-        """Upload model.pt / ber_curve.csv / summary.json of the latest checkpoint; returns the summary."""
-        checkpoint = self._latest_checkpoint(trial)
+    def _upload(self, run_id: str, checkpoint: Any) -> dict | None:
+        """Upload model.pt / ber_curve.csv / summary.json of ``checkpoint``; returns the summary."""
         if checkpoint is None:
             return None
         import json
@@ -445,9 +554,10 @@ class MlflowTrialLogger(Callback):
         return summary
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._enqueue("_trial_complete", trial, dict(trial.last_result or {}))
+        # the checkpoint is taken now: by the time the call is sent a retry may have newer ones
+        self._enqueue("_trial_complete", trial, dict(trial.last_result or {}), self._latest_checkpoint(trial))
 
-    def _trial_complete(self, trial: Trial, last_result: dict) -> None:
+    def _trial_complete(self, trial: Trial, last_result: dict, checkpoint: Any = None) -> None:
         run_id = self.run_id(trial)
         if run_id in self._closed:
             return
@@ -459,7 +569,7 @@ class MlflowTrialLogger(Callback):
             self._closed.add(run_id)
             return
         final = bool(last_result.get("final"))
-        summary = self._upload(run_id, trial)
+        summary = self._upload(run_id, checkpoint)
         if final and summary:
             ts = int(last_result.get("timestamp", 0) * 1000)
             step = int(last_result.get("epoch", 0))
@@ -473,16 +583,16 @@ class MlflowTrialLogger(Callback):
         self._closed.add(run_id)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._enqueue("_trial_error", trial, _error_message(trial))
+        self._enqueue("_trial_error", trial, _error_message(trial), self._latest_checkpoint(trial))
 
-    def _trial_error(self, trial: Trial, message: str) -> None:
+    def _trial_error(self, trial: Trial, message: str, checkpoint: Any = None) -> None:
         run_id = self.run_id(trial)
         if run_id in self._closed:
             return
         message = redact_credentials(message)
         self.client.set_tag(run_id, "mcel.state", "errored")
         self.client.set_tag(run_id, "mcel.error", message[:5000])
-        self._upload(run_id, trial)
+        self._upload(run_id, checkpoint)
         self.client.set_terminated(run_id, "FAILED")
         self._closed.add(run_id)
 
