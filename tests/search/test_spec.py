@@ -101,7 +101,7 @@ def test_quickstart_is_the_small_demo() -> None:
     assert spec.space["b"].values == (4.0, 8.0, 16.0)
     assert spec.train.epochs <= 10 and spec.trials_per_arch == 12 and spec.concurrency == 2
     assert spec.resources.gpu == 0
-    assert spec.pruner.options == {"n_startup_trials": 4, "n_warmup_steps": 3}
+    assert spec.pruner.options == {"n_startup_trials": 4, "n_warmup_steps": 2}
     assert spec.experiment_name() == "quickstart"
 
 
