@@ -118,7 +118,7 @@ def run(
     (median of the per-repeat ratios), and for ``p <= 1e-3`` the booleans
     ``target_vs_dense`` and ``target_vs_copy`` (``None`` above 1e-3). With ``reference`` (another
     ``flip_bits(codes, bits, p, generator=...)``, timed in the same round-robin) also ``ref_ms`` and
-    ``ref_over_copy``.
+    ``ref_over_copy`` (and ``ref_over_copy_paired``, each ``ref`` against the copy just before it).
     """
     if repeats < 1:
         raise ValueError(f"repeats={repeats!r} must be >= 1")
@@ -149,6 +149,7 @@ def run(
                 for name in group:
                     times[name].append(measure(fns[name]))
         med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+        copies, step = times["copy"], len(flips) // 2  # with a reference: copy, ours, copy, ref
         at_target = p <= TARGET_P
         crossover = SPARSE_MAX_P.get(dev.type, SPARSE_MAX_P["cpu"])
         rows.append(
@@ -163,14 +164,20 @@ def run(
                 # median of the per-repeat ratios (ours right after its copy): robust to load that stalls
                 # whole rounds, the figure the suite reports
                 "ours_over_copy_paired": statistics.median(
-                    o / c for o, c in zip(times["ours"], times["copy"], strict=True)
+                    o / c for o, c in zip(times["ours"], copies[0::step], strict=True)
                 ),
                 "target_vs_dense": (med["dense"] / med["ours"] >= TARGET_VS_DENSE) if at_target else None,
                 "target_vs_copy": (med["ours"] / med["copy"] <= TARGET_VS_COPY) if at_target else None,
             }
         )
         if reference is not None:
-            rows[-1].update(ref_ms=med["ref"], ref_over_copy=med["ref"] / med["copy"])
+            rows[-1].update(
+                ref_ms=med["ref"],
+                ref_over_copy=med["ref"] / med["copy"],
+                ref_over_copy_paired=statistics.median(
+                    r / c for r, c in zip(times["ref"], copies[1::2], strict=True)
+                ),
+            )
     return rows
 
 
