@@ -12,7 +12,7 @@ Layout (documented in README "MLflow layout"; ``analysis/`` reads it):
   ``mcel.error`` for errored trials; params: the searched values (``loss``, ``margin``, ``b``,
   ``logit_scale``, ``relative_separation`` = m/(2b)) and the fixed settings (``train.*``, ``objective.*``);
   metrics per epoch with ``step=epoch`` (``train_loss``, ``train_acc``, ``mlm``, ``lr``, ``clean_acc``,
-  ``ber_acc``, ``ber_acc_std``, ...); at the end the BER curve as metrics ``ber_acc_at_<ber>``,
+  ``ber_acc``, ``ber_acc_std``, ``search_wait_s``, ...); at the end the BER curve as metrics ``ber_acc_at_<ber>``,
   ``ber_acc_std_at_<ber>``, ``ber_acc_min_at_<ber>`` (MLflow forbids ``@`` in metric names) and artifacts
   ``checkpoint/model.pt`` (loads with ``weights_only=True``), ``ber_curve.csv`` (one row per BER and
   repetition) and ``summary.json``.
@@ -509,7 +509,7 @@ class MlflowTrialLogger(Callback):
             and not isinstance(v, bool)
             and math.isfinite(float(v))
             and (
-                k in ("train_loss", "train_acc", "mlm", "lr", "clean_acc")
+                k in ("train_loss", "train_acc", "mlm", "lr", "clean_acc", "search_wait_s")
                 or k.startswith(("ber_acc", "test_margin"))
             )
         ]

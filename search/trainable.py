@@ -1,6 +1,9 @@
 """The Ray Tune trial: train one (arch, bits, loss, margin, b, logit scale) configuration, report every epoch.
 
-Every epoch it reports ``epoch``, ``train_loss``, ``train_acc``, ``mlm``, ``lr``, ``clean_acc`` and, every
+Every epoch it reports ``epoch``, ``train_loss``, ``train_acc``, ``mlm``, ``lr``, ``clean_acc``,
+``search_wait_s`` (seconds this attempt of the trial has spent so far, up to the previous epoch, writing its
+checkpoints and in ``tune.report``, whose round trip through the driver includes the pruner's decision:
+the search machinery's cost inside the trial) and, every
 ``objective.every`` epochs and always at the last, the accuracy under bit errors at the target BER over
 ``objective.reps`` shared realizations: ``ber_acc`` / ``ber_acc_std`` when measured on the full test set,
 ``ber_acc_sub<N>`` / ``ber_acc_sub<N>_std`` when measured on the first N test samples (``objective.subset``,
@@ -23,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +108,7 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
     start_epoch = trainer.epoch  # > 0: resumed from a checkpoint (a retry, a lost node, a driver restart)
     replay_final = trainer.epoch >= epochs and bool(trainer.history)
     trial_dir = _trial_dir()
+    wait_s = 0.0  # seconds in checkpoint writes and tune.report so far (reported as search_wait_s)
     while replay_final or trainer.epoch < epochs:
         if not replay_final:
             faults.before_epoch(trainer.epoch + 1, trial_dir)
@@ -136,6 +141,7 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             "mlm": stats.mlm,
             "lr": stats.lr,
             "clean_acc": evaluate_accuracy(trainer.model, test),
+            "search_wait_s": wait_s,
         }
         # ber_acc is NaN where not measured with the full protocol (the key must be in every result: Tune
         # checks that the searcher's metrics are; NaN is never logged, never reported to a pruner).
@@ -162,7 +168,9 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
             metrics[f"{name}_min"] = s.min
         with tempfile.TemporaryDirectory() as tmp:
             tmpdir = Path(tmp)
+            start = time.perf_counter()
             torch.save(trainer.state_dict(), tmpdir / TRAINER_FILE)
+            wait_s += time.perf_counter() - start
             if final:
                 margins = margin_statistics(trainer.model, test)
                 _write_curve(tmpdir / CURVE_FILE, curve.records)
@@ -186,16 +194,13 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                 metrics["final"] = True
             if faults.checkpoint_write_fails(trainer.epoch):
                 faults.fail_write_enospc(tmpdir / MODEL_FILE)
-            save_checkpoint(
-                tmpdir / MODEL_FILE,
-                trainer.model,
-                checkpoint_meta(
-                    spec,
-                    data,
-                    {**meta_base, **{k: v for k, v in metrics.items() if isinstance(v, int | float)}},
-                ),
+            meta = checkpoint_meta(
+                spec, data, {**meta_base, **{k: v for k, v in metrics.items() if isinstance(v, int | float)}}
             )
+            start = time.perf_counter()
+            save_checkpoint(tmpdir / MODEL_FILE, trainer.model, meta)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+            wait_s += time.perf_counter() - start
 
 
 def _trial_dir() -> str | None:

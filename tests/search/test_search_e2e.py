@@ -80,6 +80,12 @@ def test_search_tracks_every_trial_in_mlflow_and_optuna(
         assert sorted(m.step for m in hist) == [1, 2, 3]
         for name in ("train_loss", "mlm", "ber_acc", "ber_acc_std"):
             assert len(client.get_metric_history(run.info.run_id, name)) == 3, name
+        # the search's cost inside the trial, cumulative up to the previous epoch: 0 at epoch 1, then growing
+        wait = [
+            m.value
+            for m in sorted(client.get_metric_history(run.info.run_id, "search_wait_s"), key=lambda m: m.step)
+        ]
+        assert len(wait) == 3 and wait[0] == 0.0 and 0.0 < wait[1] <= wait[2] < 60.0, wait
         for ber in ("0", "0.01", "0.05"):
             assert f"ber_acc_at_{ber}" in run.data.metrics
         # the BER curve at 0 equals clean accuracy: same model, no flips.
