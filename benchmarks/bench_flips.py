@@ -44,10 +44,17 @@ repeats, the earlier engine of commit 2ed1984 timed alongside with ``--reference
        1     1e-2     0.36          10.1                8.09             0.79            29
        1     1e-1     0.66          70                 43                0.67             3.8
 
-The 3x-of-copy target at ``p = 1e-3`` holds with 1 thread but not with 2: the sparse work (~0.45 ms for
-the ~17k flips: ~0.1 ms of random numbers, ~0.1 ms of gather and scatter, the rest ~15 small operations
-whose cost is mostly per call, on caches the copy has just flushed) does not shrink with threads, while
-the copy halves.
+The 3x-of-copy target at ``p = 1e-3`` holds with 1 thread but not with 2: the sparse work does not shrink
+with threads, while the copy halves. Where the time goes (torch profiler, 2 threads, 200 calls, p = 1e-3,
+~17.5k candidates; 2026-11-28): the copy 0.22-0.30 ms; the float64 uniforms 0.16-0.20 ms (torch's CPU
+generator is a serial Mersenne Twister: two 32-bit draws and ~11 ns per double, 8.5 ns of it the
+generator); the gather of the clean codes 0.05-0.09 ms and the scatter 0.06-0.10 ms (random access into
+4 MB the copy has just streamed through); ~10 small element-wise operations 0.15-0.2 ms. The floor of
+this design (copy, uniforms, gather, scatter) is ~0.6 ms, 2.6-2.8x the copy; the small operations take it
+to ~4x. Tried and not kept: reading the clean codes before the copy (1.00-1.02x, no gain), NumPy for the
+chain after the uniforms (slower: ``bitwise_xor.at`` 0.34 ms, ``log`` slower than torch's), fewer random
+bits per candidate (32-bit uniforms would halve the generator's share but make the sampler inexact at
+2**-32 and change every published flip pattern: each realization seed would give other flips).
 """
 
 from __future__ import annotations

@@ -1,16 +1,21 @@
 """Search benchmarks: the cost of Ray Tune + Optuna + MLflow around the trials, and what pruning saves.
 
 * ``search``: ``N`` trials through the real search (:func:`search.runner.run_search`: local Ray, Optuna
-  study in SQLite, MLflow tracking into a SQLite store in a temporary directory, checkpoints every epoch)
-  against the same ``N`` :class:`core.experiment.TrialSpec` s run back to back in this process by
-  :func:`core.experiment.run_trial` with the trainable's per-epoch evaluation (clean accuracy and the
-  objective's BER accuracy every epoch, the final BER curve and margins at the end). Both at parallelism 1
-  (``concurrency: 1``, one CPU and one torch thread per trial, as the trainable sets it). Figure: wall
-  time of ``run_search`` / wall time in-process; Ray's start-up (``ray.init``) is a fixed cost reported
-  apart. Also: per-trial scheduling + logging overhead ``(search - in-process) / N`` in seconds. One
-  search (minutes), then two in-process runs whose mean is the baseline. Full mode adds a second, short
-  search (2 trials x 2 epochs) so that the overhead splits into a fixed part per trial and a part per
-  reported epoch: ``overhead per trial = fixed + per_epoch * epochs``.
+  study in SQLite, MLflow tracking into a SQLite store, checkpoints every epoch) against the same ``N``
+  :class:`core.experiment.TrialSpec` s run back to back in this process by :func:`core.experiment.run_trial`
+  with the trainable's per-epoch evaluation (clean accuracy and the objective's BER accuracy every epoch,
+  the final BER curve and margins at the end). Both at parallelism 1 (``concurrency: 1``, one CPU and one
+  torch thread per trial, as the trainable sets it). Figure: wall time of ``run_search`` / wall time
+  in-process, for 12 trials x 40 epochs (the quickstart's trial count; ~11 s per trial in-process) with
+  the in-process run done before *and* after the search (their mean is the baseline: the machine's speed
+  drifts by 10-20% over the minutes of a search); a 4-trial search is reported beside it (baseline after
+  it only), where the cost per search weighs 3x more. The driver's once-per-process start-up is reported
+  apart and is not in the figures: ``ray.init``, the driver's imports, and creating a new SQLite MLflow
+  store's tables (every search here runs into a store created before its clock starts, as all but a
+  user's first search do). The overhead splits into the part inside the trials, measured by the trials
+  themselves (``search_wait_s``: checkpoint writes and ``tune.report`` round trips through the driver,
+  which include the pruner's decision), per reported epoch; and the rest, per trial (the trial worker's
+  process start and imports, amortized; trial start and end; scheduling). One run of each search.
 * ``pruning``: the quickstart search (``configs/quickstart.yaml``: 12 trials, NSGA-II seed 0, median
   pruner) against the same spec with ``pruner: none``: epochs trained by the study's trials (the CEL
   baseline, equal in both, left out) and the ``ber_acc`` of the point the search's own selection
@@ -108,69 +113,158 @@ def _in_process(specs: list[Any], context: dict[str, Any], out: Path) -> float:
     return time.perf_counter() - start
 
 
-def _search_vs_in_process(root: Path, trials: int, epochs: int, inproc_runs: int) -> dict[str, Any]:
-    """One search of ``trials`` x ``epochs`` and ``inproc_runs`` in-process runs of its TrialSpecs."""
+def _prepare_store(uri: str) -> float:
+    """Import MLflow and create the tables of the SQLite store at ``uri`` (a user's first search does this
+    once); returns the seconds it took."""
+    start = time.perf_counter()
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(uri).search_experiments(max_results=1)
+    return time.perf_counter() - start
+
+
+def _import_driver_modules() -> float:
+    """Import what the search driver imports (a once-per-process cost); returns the seconds it took."""
+    start = time.perf_counter()
+    import optuna  # noqa: F401
+    import ray.tune  # noqa: F401
+
+    import search.pruning
+    import search.searcher
+    import search.tracking
+    import search.trainable  # noqa: F401
+
+    return time.perf_counter() - start
+
+
+def _search_vs_in_process(root: Path, trials: int, epochs: int, bracket: bool) -> dict[str, Any]:
+    """One search of ``trials`` x ``epochs`` and in-process runs of its TrialSpecs: one after it, and with
+    ``bracket`` one before it too (the baseline is their mean, so a drift of the machine's speed during
+    the minutes of a search cancels)."""
     from search.runner import _context, run_search
     from search.spec import parse_spec
     from search.trainable import trial_spec
 
     spec = parse_spec(_overhead_spec(root, trials, epochs))
+    (arch, bits) = spec.studies()[0]
+    context = _context(spec, arch, bits, spec.study_name(arch, bits))
+    # the random sampler's configurations are known before the search: draw them as it will (seed 0)
+    store = _prepare_store(spec.tracking.uri)
+    runs: list[float] = []
+    before: list[dict[str, Any]] = []
+    if bracket:
+        before = _sampled_configs(spec, trials)
+        runs.append(_in_process([trial_spec(c, context) for c in before], context, root / "inproc-before"))
     t0 = time.perf_counter()
     outcome = run_search(spec, verbose=0)
     t_search = time.perf_counter() - t0
-    (arch, bits), study = spec.studies()[0], outcome.studies[0]
-    context = _context(spec, arch, bits, spec.study_name(arch, bits))
+    study = outcome.studies[0]
     configs = [
         {"loss": t["params"]["loss"], "margin": float(t["params"]["margin"]), "b": float(t["params"]["b"])}
         | {"logit_scale": float(t["params"].get("logit_scale", 1.0))}
         for t in study.trials
     ]
     specs = [trial_spec(c, context) for c in configs]
-    runs = [_in_process(specs, context, root / f"inproc{i}") for i in range(inproc_runs)]
+    if bracket and sorted(map(repr, configs)) != sorted(map(repr, before)):
+        raise RuntimeError(f"the search sampled {configs}, the baseline before it ran {before}")
+    runs.append(_in_process(specs, context, root / "inproc-after"))
     t_in = sum(runs) / len(runs)
-    return {"n": len(specs), "epochs": epochs, "search": t_search, "runs": runs, "in": t_in}
+    # the search's cost inside the trials: search_wait_s is cumulative up to the previous epoch
+    waits = [float(t["metrics"].get("search_wait_s", float("nan"))) for t in study.trials]
+    inside = sum(w * epochs / (epochs - 1) for w in waits) if epochs > 1 else float("nan")
+    return {
+        "n": len(specs),
+        "epochs": epochs,
+        "search": t_search,
+        "runs": runs,
+        "in": t_in,
+        "overhead": t_search - t_in,
+        "inside": inside,
+        "store": store,
+    }
+
+
+def _sampled_configs(spec: Any, trials: int) -> list[dict[str, Any]]:
+    """The configurations the spec's seeded sampler proposes first (as the search's Optuna study will, one
+    trial at a time), without running anything."""
+    import optuna
+
+    from search.runner import _space_tuples
+    from search.searcher import SearchSpace
+    from search.spec import create_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = SearchSpace(spec.losses, _space_tuples(spec))
+    study = optuna.create_study(directions=["maximize", "maximize"], sampler=create_sampler(spec.sampler))
+    out = []
+    for _ in range(trials):
+        trial = study.ask()
+        fixed = space(trial) or {}  # suggests into trial.params, returns the constants
+        params = {**trial.params, **fixed}
+        study.tell(trial, [0.0, 0.0])
+        out.append(
+            {"loss": params["loss"], "margin": float(params["margin"]), "b": float(params["b"])}
+            | {"logit_scale": float(params.get("logit_scale", 1.0))}
+        )
+    return out
+
+
+def _detail(r: dict[str, Any]) -> str:
+    runs = " and ".join(f"{x:.1f}" for x in r["runs"])
+    when = "before and after the search" if len(r["runs"]) > 1 else "after the search"
+    return (
+        f"{r['n']} trials of small_cnn on digits, {r['epochs']} epochs each, concurrency 1; search "
+        f"{r['search']:.1f} s, in-process {runs} s ({when}; {r['in'] / r['n']:.1f} s per trial); one search "
+        "run (not a median: a search takes minutes)"
+    )
 
 
 def bench_search(quick: bool, device: torch.device) -> list[Row]:
     logging.getLogger("ray").setLevel(logging.WARNING)
     ray_start = _init_ray(2)
+    imports = _import_driver_modules()
     with tempfile.TemporaryDirectory(prefix="mcel-bench-search-") as tmp:
         root = Path(tmp)
         if quick:
-            main, short = _search_vs_in_process(root / "a", 2, 3, 1), None
-        else:
-            main = _search_vs_in_process(root / "a", 4, 40, 2)
-            short = _search_vs_in_process(root / "b", 2, 2, 1)  # separates per-trial from per-epoch costs
+            main = _search_vs_in_process(root / "a", 2, 3, bracket=False)
+            return [
+                Row("search", "search.overhead", f"run_search, {main['n']} trials (Ray Tune + Optuna + MLflow)",
+                    f"the same {main['n']} TrialSpecs in-process (run_trial + trainable's evaluation)",
+                    main["search"] / main["in"], ("<=", SEARCH_TARGET), detail=_detail(main)),
+                Row("search", "search.ray_init", "ray.init (local, once per search process)", "-", ray_start,
+                    None, unit="s"),
+            ]  # fmt: skip
+        (root / "first").mkdir()
+        first_store = _prepare_store(f"sqlite:///{root / 'first' / 'mlflow.db'}")
+        four = _search_vs_in_process(root / "b", 4, 40, bracket=False)
+        main = _search_vs_in_process(root / "a", 12, 40, bracket=True)
     n, epochs = main["n"], main["epochs"]
-    per_trial = (main["search"] - main["in"]) / n
-    detail = (
-        f"{n} trials of small_cnn on digits, {epochs} epochs each, concurrency 1; search {main['search']:.1f} s, "
-        f"in-process {' / '.join(f'{r:.1f}' for r in main['runs'])} s ({main['in'] / n:.1f} s per trial); "
-        "one search run (not a median: a search takes minutes)"
-    )
-    rows = [
+    per_epoch = main["inside"] / (n * epochs)
+    outside = (main["overhead"] - main["inside"]) / n
+    return [
         Row("search", "search.overhead", f"run_search, {n} trials (Ray Tune + Optuna + MLflow)",
             f"the same {n} TrialSpecs in-process (run_trial + trainable's evaluation)",
-            main["search"] / main["in"], ("<=", SEARCH_TARGET), detail=detail),
-        Row("search", "search.per_trial", f"scheduling + logging overhead per trial ({epochs} epochs)", "-",
-            per_trial, None, unit="s"),
-    ]  # fmt: skip
-    if short is not None:
-        per_short = (short["search"] - short["in"]) / short["n"]
-        per_epoch = (per_trial - per_short) / (epochs - short["epochs"])
-        fixed = per_short - per_epoch * short["epochs"]
-        rows += [
-            Row("search", "search.per_trial_fixed", "overhead per trial, fixed part", "-", fixed, None,
-                unit="s", detail=f"from a second search of {short['n']} trials x {short['epochs']} epochs "
-                f"(overhead {per_short:.2f} s per trial) and the first: overhead = fixed + per-epoch x epochs"),
-            Row("search", "search.per_epoch", "overhead per reported epoch (report, checkpoint, MLflow)", "-",
-                per_epoch, None, unit="s"),
-        ]  # fmt: skip
-    rows.append(
+            main["search"] / main["in"], ("<=", SEARCH_TARGET), detail=_detail(main)),
+        Row("search", "search.overhead_4", "run_search, 4 trials (the cost per search weighs 3x more)",
+            "the same 4 TrialSpecs in-process", four["search"] / four["in"], None, detail=_detail(four)),
+        Row("search", "search.per_trial", f"scheduling + logging overhead per trial ({epochs} epochs, {n} trials)",
+            "-", main["overhead"] / n, None, unit="s",
+            detail=f"inside the trials {main['inside'] / n:.2f} s, outside {outside:.2f} s (per trial)"),
+        Row("search", "search.per_epoch", "overhead per reported epoch inside a trial (checkpoint write, report "
+            "round trip: Tune, pruner)", "-", per_epoch, None, unit="s",
+            detail="from the trials' own search_wait_s"),
+        Row("search", "search.outside_trials", "overhead outside the trials, per trial (worker start amortized, "
+            "trial start and end, scheduling)", "-", outside, None, unit="s",
+            detail="search - in-process - the trials' search_wait_s, divided by the trials"),
         Row("search", "search.ray_init", "ray.init (local, once per search process)", "-", ray_start, None,
-            unit="s")
-    )  # fmt: skip
-    return rows
+            unit="s"),
+        Row("search", "search.driver_imports", "the driver's imports (once per search process)", "-",
+            imports, None, unit="s", detail="optuna, Ray Tune, mlflow, search.* (torch already loaded)"),
+        Row("search", "search.mlflow_store", "creating a new SQLite MLflow store's tables (once per store)",
+            "-", first_store, None, unit="s",
+            detail="the searches' own new stores: "
+            + ", ".join(f"{r['store']:.2f}" for r in (four, main)) + " s (not in their times)"),
+    ]  # fmt: skip
 
 
 def _quickstart(root: Path, name: str, pruner: dict | None) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Usage (from the repository root; ``make bench`` runs the first line)::
 
-    .venv/bin/python -m benchmarks.suite                       # everything, ~10-15 min on 2 CPU cores
+    .venv/bin/python -m benchmarks.suite                       # everything, ~20 min on 2 CPU cores
     .venv/bin/python -m benchmarks.suite --quick               # small sizes, no pruning searches (~1-2 min)
     .venv/bin/python -m benchmarks.suite --only flips,train    # some benchmarks (names below)
     .venv/bin/python -m benchmarks.suite --device cuda         # on a GPU (default: cuda when present)
