@@ -14,8 +14,12 @@
   store's tables (every search here runs into a store created before its clock starts, as all but a
   user's first search do). The overhead splits into the part inside the trials, measured by the trials
   themselves (``search_wait_s``: checkpoint writes and ``tune.report`` round trips through the driver,
-  which include the pruner's decision), per reported epoch; and the rest, per trial (the trial worker's
-  process start and imports, amortized; trial start and end; scheduling). One run of each search.
+  which include the pruner's decision), per reported epoch; and the rest, per trial. The rest holds the
+  trial worker's start (process, imports, ``torch._dynamo`` on the first optimizer: ~12 s before the
+  first epoch, once per search), the gaps between trials (~0.15 s each, timed in the worker, 2026-11-28)
+  and any difference in the trials' own compute speed between the worker and this process; on the 2-vCPU
+  VM of 2026-11-28 identical in-process runs minutes apart differed by 5-10% (the detail shows both), so
+  a single run's figure carries that noise. One run of each search.
 * ``pruning``: the quickstart search (``configs/quickstart.yaml``: 12 trials, NSGA-II seed 0, median
   pruner) against the same spec with ``pruner: none``: epochs trained by the study's trials (the CEL
   baseline, equal in both, left out) and the ``ber_acc`` of the point the search's own selection
@@ -253,8 +257,8 @@ def bench_search(quick: bool, device: torch.device) -> list[Row]:
         Row("search", "search.per_epoch", "overhead per reported epoch inside a trial (checkpoint write, report "
             "round trip: Tune, pruner)", "-", per_epoch, None, unit="s",
             detail="from the trials' own search_wait_s"),
-        Row("search", "search.outside_trials", "overhead outside the trials, per trial (worker start amortized, "
-            "trial start and end, scheduling)", "-", outside, None, unit="s",
+        Row("search", "search.outside_trials", "the rest of the overhead, per trial (worker start amortized, "
+            "gaps between trials, compute speed in the worker vs here)", "-", outside, None, unit="s",
             detail="search - in-process - the trials' search_wait_s, divided by the trials"),
         Row("search", "search.ray_init", "ray.init (local, once per search process)", "-", ray_start, None,
             unit="s"),
