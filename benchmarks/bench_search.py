@@ -163,11 +163,7 @@ def _search_vs_in_process(root: Path, trials: int, epochs: int, bracket: bool) -
     outcome = run_search(spec, verbose=0)
     t_search = time.perf_counter() - t0
     study = outcome.studies[0]
-    configs = [
-        {"loss": t["params"]["loss"], "margin": float(t["params"]["margin"]), "b": float(t["params"]["b"])}
-        | {"logit_scale": float(t["params"].get("logit_scale", 1.0))}
-        for t in study.trials
-    ]
+    configs = [_trial_config(t["params"]) for t in study.trials]
     specs = [trial_spec(c, context) for c in configs]
     if bracket and sorted(map(repr, configs)) != sorted(map(repr, before)):
         raise RuntimeError(f"the search sampled {configs}, the baseline before it ran {before}")
@@ -185,6 +181,16 @@ def _search_vs_in_process(root: Path, trials: int, epochs: int, bracket: bool) -
         "overhead": t_search - t_in,
         "inside": inside,
         "store": store,
+    }
+
+
+def _trial_config(params: dict[str, Any]) -> dict[str, Any]:
+    """The trainable's config from a trial's parameters (MLflow params are strings: numbers are parsed)."""
+    return {
+        "loss": params["loss"],
+        "margin": float(params["margin"]),
+        "b": float(params["b"]),
+        "logit_scale": float(params.get("logit_scale", 1.0)),
     }
 
 
@@ -206,10 +212,7 @@ def _sampled_configs(spec: Any, trials: int) -> list[dict[str, Any]]:
         fixed = space(trial) or {}  # suggests into trial.params, returns the constants
         params = {**trial.params, **fixed}
         study.tell(trial, [0.0, 0.0])
-        out.append(
-            {"loss": params["loss"], "margin": float(params["margin"]), "b": float(params["b"])}
-            | {"logit_scale": float(params.get("logit_scale", 1.0))}
-        )
+        out.append(_trial_config(params))
     return out
 
 
