@@ -401,6 +401,7 @@ def run_search(
     # them cost the driver ~5 ms per result, which a trial waits out in tune.report every epoch
     # (set TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 to have them)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    _quiet_missing_trial_files()
     optuna_url = _optuna_storage(spec, storage_path)
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.experiment_name())
@@ -487,6 +488,25 @@ def run_search(
     return SearchOutcome(
         experiment_id=experiment_id, tracking_uri=tracking_uri, storage_path=storage_path, studies=outcomes
     )
+
+
+class _MissingTrialFilesFilter(logging.Filter):
+    """Drops Tune's "Failed to fetch metrics for N trial(s): ... result.json and progress.csv were not
+    found" warning, logged when ``tuner.fit()`` builds its result grid, while those files are off
+    (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1``, the default here): their absence is intended, and MLflow and
+    the checkpoints hold every metric. Any other record passes, and the warning too if the files are on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") != "1":
+            return True
+        return not record.getMessage().startswith("Failed to fetch metrics for ")
+
+
+def _quiet_missing_trial_files() -> None:
+    """Install :class:`_MissingTrialFilesFilter` on Tune's experiment-analysis logger (once)."""
+    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    if not any(isinstance(f, _MissingTrialFilesFilter) for f in log.filters):
+        log.addFilter(_MissingTrialFilesFilter())
 
 
 def _fit(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:

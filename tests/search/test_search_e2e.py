@@ -5,6 +5,7 @@ Small model (small_cnn on digits), few epochs, so each search takes well under a
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -41,6 +42,43 @@ def e2e_spec(small_spec, name: str, **over) -> dict:
     return small_spec(name, **{**E2E, **over})
 
 
+_TUNE_FILES = {"result.json", "progress.csv"}
+
+
+class _Records(logging.Handler):
+    """Keeps the messages of the records it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_tunes_missing_files_warning_is_dropped_only_while_the_files_are_off(monkeypatch) -> None:
+    from search.runner import _quiet_missing_trial_files
+
+    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    seen = _Records()
+    log.addHandler(seen)
+    try:
+        _quiet_missing_trial_files()
+        _quiet_missing_trial_files()  # idempotent
+        monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+        log.warning("Failed to fetch metrics for 2 trial(s):\n- t1: FileNotFoundError(...)")
+        log.warning("another warning")
+        monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")  # the user turned the files on
+        log.warning("Failed to fetch metrics for 1 trial(s):\n- t2: FileNotFoundError(...)")
+    finally:
+        log.removeHandler(seen)
+    assert seen.messages == [
+        "another warning",
+        "Failed to fetch metrics for 1 trial(s):\n- t2: FileNotFoundError(...)",
+    ]
+    assert sum(type(f).__name__ == "_MissingTrialFilesFilter" for f in log.filters) == 1
+
+
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
@@ -54,7 +92,17 @@ def test_search_tracks_every_trial_in_mlflow_and_optuna(
     tmp_path, mlflow_server, local_ray, small_spec
 ) -> None:
     spec = parse_spec(e2e_spec(small_spec, "e2e"))
-    outcome = run_search(spec, verbose=0)
+    tune_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    seen = _Records()
+    tune_log.addHandler(seen)
+    try:
+        outcome = run_search(spec, verbose=0)
+    finally:
+        tune_log.removeHandler(seen)
+    # Tune's per-trial result.json/progress.csv are off (MLflow holds the metrics): no files, no warning
+    trial_dirs = [p for p in (tmp_path / "ray").rglob("trial_*") if p.is_dir()]
+    assert trial_dirs and not [p for d in trial_dirs for p in d.glob("*") if p.name in _TUNE_FILES]
+    assert not [m for m in seen.messages if "fetch metrics" in m], seen.messages
     client = MlflowClient(mlflow_server.uri)
     runs = child_runs(client, "e2e")
     trials = [r for r in runs if r.data.tags["mcel.role"] == "trial"]
