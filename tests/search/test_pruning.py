@@ -99,3 +99,29 @@ def test_a_restarted_scheduler_continues_running_trials_and_skips_finished_ones(
     assert frozen["n1"].intermediate_values == {1: 0.9, 2: 0.9} and frozen["n1"].value == pytest.approx(0.95)
     assert frozen["n2"].intermediate_values == {1: 0.91, 2: 0.92}
     assert frozen["n2"].state == TrialState.COMPLETE
+
+
+def test_nop_pruner_writes_nothing_per_epoch_and_still_records_the_outcome(tmp_path, monkeypatch) -> None:
+    """``pruner: none``: no per-epoch report (no decision could come of it; it cost the driver a SQLite write
+    and read per result), but a finished trial is still COMPLETE with its last value, a failed one FAIL."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sched = OptunaPruningScheduler(
+        optuna.pruners.NopPruner(), metric="clean_acc", study_name="s-pruning", storage=url
+    )
+
+    def no_reports(self: optuna.Trial, value: float, step: int) -> None:
+        raise AssertionError("reported to a NopPruner")
+
+    monkeypatch.setattr(optuna.Trial, "report", no_reports)
+    a, b = FakeTrial(0), FakeTrial(1)
+    for step, acc in ((1, 0.10), (2, 0.05), (3, 0.01)):  # falling: a median pruner would stop it
+        assert sched.on_trial_result(None, a, {"epoch": step, "clean_acc": acc}) == TrialScheduler.CONTINUE
+        assert sched.on_trial_result(None, b, {"epoch": step, "clean_acc": acc}) == TrialScheduler.CONTINUE
+    sched.on_trial_complete(None, a, {"epoch": 4, "clean_acc": 0.5, "final": True})
+    sched.on_trial_error(None, b)  # never reported: nothing to tell, and no error
+    frozen = _frozen(url)
+    assert set(frozen) == {"n0"}
+    assert frozen["n0"].state == TrialState.COMPLETE and frozen["n0"].value == pytest.approx(0.5)
+    assert frozen["n0"].intermediate_values == {}
+    assert sched.pruned == set()
