@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from core.allocator import tune_cpu_allocator
 from core.atomic import atomic_write
 from core.checkpoint import save_checkpoint
 from core.data import load_dataset
@@ -88,7 +89,12 @@ class TrialResult:
 
 
 def build(spec: TrialSpec) -> tuple[nn.Module, nn.Module, Any]:
-    """Seed, then build ``(model, loss, data bundle)`` for ``spec``; any bad value raises ValueError."""
+    """Seed, then build ``(model, loss, data bundle)`` for ``spec``; any bad value raises ValueError.
+
+    Also fixes glibc's malloc thresholds for this process (:func:`core.allocator.tune_cpu_allocator`; opt
+    out with ``MCEL_TUNE_MALLOC=0``): freed tensor memory is kept for the next step instead of being
+    returned and faulted in again, 10-20% of a small model's CPU step."""
+    tune_cpu_allocator()
     loss_fn = create_loss(spec.loss, **spec.loss_kwargs())
     data = load_dataset(spec.dataset, **spec.data_kwargs())
     seed_everything(spec.train.seed)
