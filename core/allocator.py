@@ -8,21 +8,23 @@ loop of small models frees and reallocates blocks of hundreds of KiB (activation
 when they are unmapped or trimmed, every page of the next allocation is a minor page fault, zeroed by the
 kernel.
 
-Measured 2026-11-28 on a 2-vCPU VM (small_cnn on digits, 2 trials x 40 epochs, one thread; minor page
-faults and wall time of the same work): a fresh process took 1.42-1.46M faults, 2.2-2.6 s of system time
-and 23-28 s; with :func:`tune_cpu_allocator` 0-26k faults, ~0 s system time and 20-23 s. A Ray Tune trial
-worker (where the search runs its trials) showed the same 1.59M faults, while the benchmark's own process
-had happened to raise its thresholds before and showed 2k: that difference was most of the gap between a
-search's trials and the same trials run in-process.
+Measured 2026-11-28 on a 2-vCPU VM (small_cnn on digits, 2 trials x 40 epochs, one thread, 4 runs each
+way): untuned, a fresh process took 1.42-1.46M minor page faults and 2.0-2.6 s of system time, about 9% of
+the runs' CPU time; tuned, 4-27k faults and 0.00-0.15 s. (Wall times of identical runs scattered over
+20-32 s on that machine, more than the saving.) A Ray Tune trial worker, where the search runs its trials,
+took 1.59M faults and 3.2 s of system time for the same 2 trials, 0.17M and 0.8 s tuned, most of those
+now at start-up (imports).
 
 :func:`tune_cpu_allocator` fixes both thresholds (which also turns the dynamic rule off):
 ``M_MMAP_THRESHOLD`` = 32 MiB (glibc's largest value on 64-bit: blocks below it come from the heap and are
-reused), ``M_TRIM_THRESHOLD`` = 64 MiB (a heap keeps up to that much free memory at its top). The cost is
-memory a process keeps after a peak instead of returning it: at most about 64 MiB per malloc arena above
-what it uses. Blocks of 32 MiB and more are still mapped and unmapped per allocation; their compute dwarfs
-the faults.
+reused), ``M_TRIM_THRESHOLD`` = 256 MiB (a heap keeps up to that much free memory at its top: above the 64
+MiB glibc's dynamic rule can reach, so that a step that frees more than that at once, e.g. a larger model's
+activations, does not hand it back either). The cost is memory a process keeps after a peak instead of
+returning it: at most 256 MiB per malloc arena above what it uses. Blocks of 32 MiB and more are still
+mapped and unmapped per allocation; their compute dwarfs the faults.
 
-It is applied by :func:`core.experiment.build` (so by ``mcel train`` and by every search trial). It does
+It is applied by :func:`core.experiment.build` (so by every search trial, and by the in-process runs
+the search benchmark compares them with) and by the ``mcel`` command for all its subcommands. It does
 nothing, and returns False, off Linux, on a C library without ``mallopt`` (e.g. musl), or when the
 environment variable ``MCEL_TUNE_MALLOC`` is ``0``. Results do not change: only where memory comes from.
 """
@@ -36,7 +38,7 @@ import sys
 __all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_cpu_allocator"]
 
 MMAP_THRESHOLD = 32 << 20  # bytes; glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit (4 MiB * sizeof(long))
-TRIM_THRESHOLD = 64 << 20  # bytes; twice the above, where glibc's dynamic rule would put it
+TRIM_THRESHOLD = 256 << 20  # bytes; above glibc's dynamic maximum (2 * MMAP_THRESHOLD)
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, <malloc.h>
 _M_MMAP_THRESHOLD = -3
 _applied: bool | None = None  # the outcome of the first call in this process

@@ -382,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from core.allocator import tune_cpu_allocator
+
+    tune_cpu_allocator()  # every command's CPU work (evaluate's BER sweeps too); MCEL_TUNE_MALLOC=0: off
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
