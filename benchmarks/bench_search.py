@@ -18,8 +18,11 @@
   trial worker's start (process, imports, ``torch._dynamo`` on the first optimizer: ~12 s before the
   first epoch, once per search), the gaps between trials (~0.15 s each, timed in the worker, 2026-11-28)
   and any difference in the trials' own compute speed between the worker and this process; on the 2-vCPU
-  VM of 2026-11-28 identical in-process runs minutes apart differed by 5-10% (the detail shows both), so
-  a single run's figure carries that noise. One run of each search.
+  VM of 2026-11-28 identical in-process runs minutes apart differed by 5-10% (the detail shows both), and
+  the on-CPU time of identical 2-trial searches by up to 30%, so a single run's figure carries that noise.
+  One run of each search. Both sides run with glibc's malloc thresholds fixed (:mod:`core.allocator`, by
+  :func:`core.experiment.build`): before, a fresh trial worker took ~1.5M minor page faults (3 s of
+  system time) per 2 trials that this process, whose thresholds earlier work had raised, did not.
 * ``pruning``: the quickstart search (``configs/quickstart.yaml``: 12 trials, NSGA-II seed 0, median
   pruner) against the same spec with ``pruner: none``: epochs trained by the study's trials (the CEL
   baseline, equal in both, left out) and the ``ber_acc`` of the point the search's own selection
