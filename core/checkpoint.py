@@ -43,13 +43,18 @@ class CheckpointError(ValueError):
         super().__init__(f"{message}; {ALLOWED}")
 
 
-def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict[str, Any]) -> Path:
-    """Write ``model``'s weights and ``meta`` (must contain ``"model"``: the create_model kwargs) atomically."""
+def save_checkpoint(
+    path: str | os.PathLike, model: nn.Module, meta: dict[str, Any], *, durable: bool = True
+) -> Path:
+    """Write ``model``'s weights and ``meta`` (must contain ``"model"``: the create_model kwargs) atomically.
+
+    ``durable=False``: no fsync (:func:`core.atomic.atomic_write`), for a file staged to be copied.
+    """
     if "model" not in meta:
         raise ValueError("checkpoint meta needs a 'model' entry with the create_model arguments")
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **meta, "state_dict": model.state_dict()}
-    with atomic_write(path, "wb") as fh:
+    with atomic_write(path, "wb", durable=durable) as fh:
         torch.save(payload, fh)
     return path
 

@@ -198,7 +198,8 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                 spec, data, {**meta_base, **{k: v for k, v in metrics.items() if isinstance(v, int | float)}}
             )
             start = time.perf_counter()
-            save_checkpoint(tmpdir / MODEL_FILE, trainer.model, meta)
+            # staged for tune.report, which copies it to the storage path: an fsync here would be wasted
+            save_checkpoint(tmpdir / MODEL_FILE, trainer.model, meta, durable=False)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             wait_s += time.perf_counter() - start
 

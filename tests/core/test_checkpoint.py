@@ -88,3 +88,21 @@ def test_save_is_atomic_and_needs_model_meta(tmp_path) -> None:
     with pytest.raises(ValueError, match="'model' entry"):
         save_checkpoint(tmp_path / "x.pt", torch.nn.Linear(1, 1), {})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("durable, syncs", [(True, 1), (False, 0)])
+def test_durable_decides_the_fsync_and_either_file_loads(tmp_path, monkeypatch, durable, syncs) -> None:
+    """The default write is fsynced once; ``durable=False`` (a file staged for Ray Tune to copy) is not,
+    and is still written whole under its final name, with no temporary file left beside it."""
+    import core.atomic
+
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(core.atomic.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    model = torch.nn.Linear(3, 2)
+    meta = {"model": {"name": "linear"}}
+    path = save_checkpoint(tmp_path / "m.pt", model, meta, durable=durable)
+    assert len(calls) == syncs
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]
+    state = read_checkpoint(path)["state_dict"]
+    assert torch.equal(state["weight"], model.weight.detach())
