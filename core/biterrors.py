@@ -153,15 +153,16 @@ def _flip_bits_counted(
         raise ValueError(f"method={method!r} is not allowed: use 'auto', 'sparse' or 'dense'")
     _check_generator(generator, codes.device)
     pmax = max(p01, p10)
-    with torch.no_grad():
-        if pmax == 0.0 or codes.numel() == 0:
-            return codes.clone(memory_format=torch.contiguous_format), 0
-        if method == "auto":
-            crossover = SPARSE_MAX_P.get(codes.device.type, SPARSE_MAX_P["cpu"])
-            method = "sparse" if pmax < crossover else "dense"
-        if method == "sparse":
-            return _flip_sparse(codes, bits, p01, p10, generator)
-        return _flip_dense(codes, bits, p01, p10, generator, count)
+    # No torch.no_grad(): integer tensors never require grad, so autograd records nothing here anyway (the
+    # context cost 25-35 us per call in a direct A/B on 4M codes at p = 1e-3, 0.95-1.00x in bench_flips).
+    if pmax == 0.0 or codes.numel() == 0:
+        return codes.clone(memory_format=torch.contiguous_format), 0
+    if method == "auto":
+        crossover = SPARSE_MAX_P.get(codes.device.type, SPARSE_MAX_P["cpu"])
+        method = "sparse" if pmax < crossover else "dense"
+    if method == "sparse":
+        return _flip_sparse(codes, bits, p01, p10, generator)
+    return _flip_dense(codes, bits, p01, p10, generator, count)
 
 
 def _bernoulli_ends(n: int, p: float, generator: Generator | None, device: torch.device) -> Tensor:
