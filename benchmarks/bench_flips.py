@@ -53,8 +53,17 @@ generator); the gather of the clean codes 0.05-0.09 ms and the scatter 0.06-0.10
 this design (copy, uniforms, gather, scatter) is ~0.6 ms, 2.6-2.8x the copy; the small operations take it
 to ~4x. Tried and not kept: reading the clean codes before the copy (1.00-1.02x, no gain), NumPy for the
 chain after the uniforms (slower: ``bitwise_xor.at`` 0.34 ms, ``log`` slower than torch's), fewer random
-bits per candidate (32-bit uniforms would halve the generator's share but make the sampler inexact at
-2**-32 and change every published flip pattern: each realization seed would give other flips).
+bits per candidate (float32 uniforms, log and steps, measured 2026-11-29: 0.01-0.02 ms or 2-3% faster
+in the same round-robin, for a sampler inexact at 2**-32 whose realization seeds would all give other
+flips), the copy in a background thread overlapped with the chain (slower: 0.78-1.26 ms vs 0.66-1.0 ms,
+torch's OpenMP threads oversubscribed), and the chain split over two Python threads with one generator
+each (slower: 1.04-1.15 ms vs 0.84-1.06 ms; every small op hands the GIL over between the threads).
+Gather and scatter cost more inside the chain than alone (0.05-0.07 ms each with fresh random indices,
+~0.02 ms when the same indices repeat): ~17.5k random reads and read-modify-writes into 4 MB. The
+2-thread figure scattered over 3.4-4.5x between runs of the suite and of this script on 2026-11-28/29;
+with 1 thread it stayed at 2.3-2.5x. What would reach 3x with 2 threads is one compiled loop (geometric
+steps, XOR in place) instead of ~15 torch operations: a C++/CUDA extension or Numba, a build dependency
+the project does not have.
 """
 
 from __future__ import annotations

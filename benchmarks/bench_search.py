@@ -27,9 +27,12 @@
   pruner) against the same spec with ``pruner: none``: epochs trained by the study's trials (the CEL
   baseline, equal in both, left out) and the ``ber_acc`` of the point the search's own selection
   (:func:`analysis.queries.selections`, rule ``constraint``) picks. Targets: >= 40% fewer epochs
-  (ratio <= 0.60); selected ``ber_acc`` no more than 1 point below the unpruned search's. One run each
-  (minutes); with 2 concurrent trials the sampler's proposals depend on completion order, so a rerun can
-  pick other points.
+  (ratio <= 0.60); selected ``ber_acc`` no more than 1 point below the unpruned search's. One run each,
+  both at ``concurrency: 1`` (the quickstart runs 2): with 2 concurrent trials the median pruner judges a
+  trial against whichever other trials have reported that epoch, so the figure depended on completion
+  order (71 and 76 of 120 epochs in two runs of 2026-11-29, 0.592x and 0.633x); one at a time, the
+  trials, the pruning decisions and the figure are the same in every run (71 of 120 epochs, 0.592x,
+  in two runs), at ~100 s for both searches instead of ~70 s.
 """
 
 from __future__ import annotations
@@ -278,9 +281,11 @@ def bench_search(quick: bool, device: torch.device) -> list[Row]:
 
 
 def _quickstart(root: Path, name: str, pruner: dict | None) -> dict[str, Any]:
+    """The quickstart spec, one trial at a time (reproducible pruning decisions), into ``root``."""
     spec = yaml.safe_load((_ROOT / "configs" / "quickstart.yaml").read_text())
     spec = copy.deepcopy(spec)
     spec["name"] = name
+    spec["concurrency"] = 1
     spec["tracking"] = {"uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": name}
     spec["storage"] = {"path": str(root / "ray")}
     if pruner is not None:
@@ -332,7 +337,7 @@ def bench_pruning(quick: bool, device: torch.device) -> list[Row]:
         f"(clean {100 * u['clean_acc']:.2f}%); one run each"
     )
     return [
-        Row("pruning", "pruning.epochs", "epochs trained, quickstart (12 trials) with median pruner",
+        Row("pruning", "pruning.epochs", "epochs trained, quickstart (12 trials, 1 at a time) with median pruner",
             "the same search with pruner none", p["epochs"] / max(u["epochs"], 1),
             ("<=", PRUNING_EPOCHS_TARGET), detail=detail),
         Row("pruning", "pruning.ber_acc", "selected point's ber_acc, pruned - unpruned search", "-",
