@@ -20,7 +20,7 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 if TYPE_CHECKING:
-    from analysis.selection import Selection
+    from .selection import Selection
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
@@ -195,7 +195,7 @@ def selections(
 ) -> tuple[pd.DataFrame, list[Selection], float]:
     """The runs table, one :class:`~analysis.selection.Selection` per (dataset, arch, bits) (paired gains
     from the runs' BER curves at the target BER), and the target BER used (default: the spec's)."""
-    from analysis.selection import select_all
+    from .selection import select_all
 
     filters: dict[str, str] = {}
     if arch:

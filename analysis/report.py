@@ -24,7 +24,7 @@ from urllib.parse import quote
 import numpy as np
 import pandas as pd
 
-from core.atomic import atomic_write
+from ..core.atomic import atomic_write
 
 __all__ = ["REPORT_NAME", "ReportSection", "format_cell", "markdown_table", "render_report", "write_report"]
 

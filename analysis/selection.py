@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.pareto import pareto_front
+from .pareto import pareto_front
 
 RULES = ("constraint", "knee", "weighted")
 GROUP_COLS = ("dataset", "arch", "bits")

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from analysis.queries import (
+from .queries import (
     ber_records,
     default_tracking_uri,
     metric_history,
@@ -23,7 +23,7 @@ from analysis.queries import (
     selections,
     tag_front_and_selection,
 )
-from analysis.selection import Selection, format_selection
+from .selection import Selection, format_selection
 
 
 def _group_name(experiment: str, sel: Selection) -> str:
@@ -93,8 +93,8 @@ def report_command(
     """Write ``out_dir/report.md`` with, per group, the selection summary, the front table and four figures
     (accuracy vs BER of the CEL baseline and the selected point, the Pareto scatter, MLM per epoch, test-set
     margins); the figures are also logged to the group's parent run under ``figures/``."""
-    from analysis.plots import plot_ber_curves, plot_margins, plot_mlm, plot_pareto
-    from analysis.report import ReportSection, write_report
+    from .plots import plot_ber_curves, plot_margins, plot_mlm, plot_pareto
+    from .report import ReportSection, write_report
 
     uri = default_tracking_uri(tracking_uri)
     client = MlflowClient(uri)

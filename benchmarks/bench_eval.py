@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from benchmarks.common import MIN_REPEATS, Row, interleaved, median, paired_ratio
-from core.data import load_dataset
-from core.evaluation import Batches, ber_sweep, cache_batches, evaluate_accuracy
-from core.models import create_model
+from mcel_search.core.data import load_dataset
+from mcel_search.core.evaluation import Batches, ber_sweep, cache_batches, evaluate_accuracy
+from mcel_search.core.models import create_model
 
 SWEEP_TARGET = 1.10
 MEMORY_TARGET = 1.5

@@ -78,7 +78,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from core.biterrors import SPARSE_MAX_P, flip_bits
+from mcel_search.core.biterrors import SPARSE_MAX_P, flip_bits
 
 DEFAULT_PS = (1e-4, 1e-3, 1e-2, 1e-1)
 CROSSOVER_PS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5)

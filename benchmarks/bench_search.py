@@ -93,8 +93,8 @@ def _overhead_spec(root: Path, trials: int, epochs: int) -> dict[str, Any]:
 
 def _in_process(specs: list[Any], context: dict[str, Any], out: Path) -> float:
     """Run ``specs`` back to back with the trainable's evaluation; wall seconds."""
-    from core.evaluation import ber_sweep, cache_batches, evaluate_accuracy
-    from core.experiment import run_trial
+    from mcel_search.core.evaluation import ber_sweep, cache_batches, evaluate_accuracy
+    from mcel_search.core.experiment import run_trial
 
     objective, sweep = context["objective"], context["sweep"]
     saved = torch.get_num_threads()
@@ -106,7 +106,7 @@ def _in_process(specs: list[Any], context: dict[str, Any], out: Path) -> float:
 
             def on_epoch(stats: Any, trainer: Any, cache: dict[str, Any] = cache, spec: Any = spec) -> None:
                 if "test" not in cache:
-                    from core.data import load_dataset
+                    from mcel_search.core.data import load_dataset
 
                     data = load_dataset(spec.dataset, **spec.data_kwargs())
                     cache["test"] = cache_batches(data.test, trainer.device)
@@ -139,10 +139,10 @@ def _import_driver_modules() -> float:
     import optuna  # noqa: F401
     import ray.tune  # noqa: F401
 
-    import search.pruning
-    import search.searcher
-    import search.tracking
-    import search.trainable  # noqa: F401
+    import mcel_search.search.pruning
+    import mcel_search.search.searcher
+    import mcel_search.search.tracking
+    import mcel_search.search.trainable  # noqa: F401
 
     return time.perf_counter() - start
 
@@ -151,9 +151,9 @@ def _search_vs_in_process(root: Path, trials: int, epochs: int, bracket: bool) -
     """One search of ``trials`` x ``epochs`` and in-process runs of its TrialSpecs: one after it, and with
     ``bracket`` one before it too (the baseline is their mean, so a drift of the machine's speed during
     the minutes of a search cancels)."""
-    from search.runner import _context, run_search
-    from search.spec import parse_spec
-    from search.trainable import trial_spec
+    from mcel_search.search.runner import _context, run_search
+    from mcel_search.search.spec import parse_spec
+    from mcel_search.search.trainable import trial_spec
 
     spec = parse_spec(_overhead_spec(root, trials, epochs))
     (arch, bits) = spec.studies()[0]
@@ -205,9 +205,9 @@ def _sampled_configs(spec: Any, trials: int) -> list[dict[str, Any]]:
     trial at a time), without running anything."""
     import optuna
 
-    from search.runner import _space_tuples
-    from search.searcher import SearchSpace
-    from search.spec import create_sampler
+    from mcel_search.search.runner import _space_tuples
+    from mcel_search.search.searcher import SearchSpace
+    from mcel_search.search.spec import create_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = SearchSpace(spec.losses, _space_tuples(spec))
@@ -302,9 +302,9 @@ def bench_pruning(quick: bool, device: torch.device) -> list[Row]:
             Row("pruning", "pruning.ber_acc", "selected ber_acc, pruned - unpruned", "-", None,
                 (">=", PRUNING_ACC_TARGET), unit="points", skipped=skip),
         ]  # fmt: skip
-    from analysis.queries import selections
-    from search.runner import run_search
-    from search.spec import parse_spec
+    from mcel_search.analysis.queries import selections
+    from mcel_search.search.runner import run_search
+    from mcel_search.search.spec import parse_spec
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     _init_ray(2)

@@ -21,10 +21,10 @@ import torch
 from torch import nn
 
 from benchmarks.common import MIN_REPEATS, Row, interleaved, median, paired_ratio
-from core.data import load_dataset
-from core.losses import create_loss
-from core.models import create_model
-from core.quantization import fake_quantize
+from mcel_search.core.data import load_dataset
+from mcel_search.core.losses import create_loss
+from mcel_search.core.models import create_model
+from mcel_search.core.quantization import fake_quantize
 
 MCEL_TARGET = 1.03
 QAT_TARGET = 1.30

@@ -41,11 +41,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.biterrors import inject_bit_errors
-from core.data import load_dataset
-from core.evaluation import ber_sweep, cache_batches, realization_seed
-from core.experiment import TrialSpec, run_trial
-from core.training import TrainConfig
+from mcel_search.core.biterrors import inject_bit_errors
+from mcel_search.core.data import load_dataset
+from mcel_search.core.evaluation import ber_sweep, cache_batches, realization_seed
+from mcel_search.core.experiment import TrialSpec, run_trial
+from mcel_search.core.training import TrainConfig
 
 try:
     from scipy.stats import t as _student_t

@@ -55,11 +55,11 @@ from results_digits import (
     write_section,
 )
 
-from core.atomic import atomic_write
-from core.data import load_dataset
-from core.evaluation import ber_sweep, cache_batches
-from core.experiment import TrialSpec, run_trial
-from core.training import TrainConfig
+from mcel_search.core.atomic import atomic_write
+from mcel_search.core.data import load_dataset
+from mcel_search.core.evaluation import ber_sweep, cache_batches
+from mcel_search.core.experiment import TrialSpec, run_trial
+from mcel_search.core.training import TrainConfig
 
 #: Paper (Sec. VIII-B, Fig. 3/4): 4-bit VGG3 on FashionMNIST, MCEL 15.32 points above CEL at BER 1%;
 #: MCEL's MLM about 20x CEL's (Fig. 4, read off the plot).
@@ -186,8 +186,8 @@ def step_costs(todo: list[Model], args: argparse.Namespace, rounds: int = 7) -> 
     from torch.utils.data import TensorDataset
 
     from benchmarks.common import interleaved, paired_ratio
-    from core.experiment import build
-    from core.training import Trainer
+    from mcel_search.core.experiment import build
+    from mcel_search.core.training import Trainer
 
     trainers: dict[str, Trainer] = {}
     for m in todo:

@@ -41,8 +41,8 @@ from typing import Literal
 import torch
 from torch import Generator, Tensor, nn
 
-from core.layers import quantized_layers
-from core.quantization import check_bits
+from .layers import quantized_layers
+from .quantization import check_bits
 
 __all__ = ["SPARSE_MAX_P", "derive_seed", "flip_bits", "inject_bit_errors"]
 

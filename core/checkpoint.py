@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.atomic import atomic_write
+from .atomic import atomic_write
 
 FORMAT = "mcel-checkpoint"
 VERSION = 1
@@ -89,7 +89,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint names and load its weights; returns ``(model in eval mode, payload)``."""
-    from core.models import create_model
+    from .models import create_model
 
     payload = read_checkpoint(path)
     spec = dict(payload["model"])

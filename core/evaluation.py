@@ -29,9 +29,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from core.biterrors import derive_seed, inject_bit_errors
-from core.layers import cached_quantization
-from core.training import resolve_device, top2_margin
+from .biterrors import derive_seed, inject_bit_errors
+from .layers import cached_quantization
+from .training import resolve_device, top2_margin
 
 Batches = list[tuple[Tensor, Tensor]]
 

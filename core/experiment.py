@@ -18,14 +18,14 @@ from typing import Any
 
 from torch import nn
 
-from core.allocator import tune_cpu_allocator
-from core.atomic import atomic_write
-from core.checkpoint import save_checkpoint
-from core.data import load_dataset
-from core.evaluation import evaluate_accuracy, margin_statistics
-from core.losses import create_loss, loss_params
-from core.models import create_model
-from core.training import EpochStats, TrainConfig, Trainer, seed_everything
+from .allocator import tune_cpu_allocator
+from .atomic import atomic_write
+from .checkpoint import save_checkpoint
+from .data import load_dataset
+from .evaluation import evaluate_accuracy, margin_statistics
+from .losses import create_loss, loss_params
+from .models import create_model
+from .training import EpochStats, TrainConfig, Trainer, seed_everything
 
 
 @dataclass

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core.quantization import QuantizedTensor, check_bits, dequantize, fake_quantize, quantize
+from .quantization import QuantizedTensor, check_bits, dequantize, fake_quantize, quantize
 
 FLOAT_BITS = 32
 

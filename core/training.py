@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from core.biterrors import derive_seed, inject_bit_errors
+from .biterrors import derive_seed, inject_bit_errors
 
 
 class TrainingDivergedError(RuntimeError):

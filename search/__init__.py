@@ -1,1 +1,5 @@
 """mcel-search: search layer."""
+
+from mcel_search._guard import require_name
+
+require_name(__name__, "mcel_search.search")

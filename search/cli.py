@@ -62,8 +62,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core.experiment import TrialSpec, run_trial
-    from core.training import TrainConfig
+    from ..core.experiment import TrialSpec, run_trial
+    from ..core.training import TrainConfig
 
     train = TrainConfig(
         epochs=args.epochs,
@@ -121,15 +121,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from core.checkpoint import load_checkpoint
-    from core.data import load_dataset
-    from core.evaluation import ber_sweep, format_sweep_table
-    from core.training import resolve_device
+    from ..core.checkpoint import load_checkpoint
+    from ..core.data import load_dataset
+    from ..core.evaluation import ber_sweep, format_sweep_table
+    from ..core.training import resolve_device
 
     device = resolve_device(args.device)
     path = args.checkpoint
     if path.startswith(("runs:/", "models:/")):
-        from analysis.queries import download_checkpoint
+        from ..analysis.queries import download_checkpoint
 
         path = str(
             download_checkpoint(path, tempfile.mkdtemp(prefix="mcel-ckpt-"), tracking_uri=args.tracking_uri)
@@ -166,9 +166,9 @@ def _add_list(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from core.data import list_datasets
-    from core.losses import list_losses
-    from core.models import list_models, supported_bits
+    from ..core.data import list_datasets
+    from ..core.losses import list_losses
+    from ..core.models import list_models, supported_bits
 
     info = {
         "models": {m: sorted(supported_bits(m)) for m in list_models()},
@@ -201,8 +201,8 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from search.runner import plan, resolve_storage_path, run_search
-    from search.spec import load_spec
+    from .runner import plan, resolve_storage_path, run_search
+    from .spec import load_spec
 
     spec = load_spec(args.spec)
     tracking_uri = args.tracking_uri or spec.tracking.uri
@@ -220,7 +220,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         verbose=0 if args.quiet else 1,
     )
-    from analysis.workflow import pareto_summary
+    from ..analysis.workflow import pareto_summary
 
     for study in outcome.studies:
         states = [t["state"] for t in study.trials]
@@ -301,7 +301,7 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
-    from analysis.workflow import pareto_command
+    from ..analysis.workflow import pareto_command
 
     print(
         pareto_command(args.experiment, register=args.register, alias=args.alias, **_selection_kwargs(args))
@@ -319,7 +319,7 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from analysis.queries import best_checkpoints, download_checkpoint
+    from ..analysis.queries import best_checkpoints, download_checkpoint
 
     best = best_checkpoints(args.experiment, **_selection_kwargs(args))
     if best.empty:
@@ -351,7 +351,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from analysis.workflow import report_command
+    from ..analysis.workflow import report_command
 
     path = report_command(args.experiment, args.out, **_selection_kwargs(args))
     print(f"wrote {path}")
@@ -382,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from core.allocator import tune_cpu_allocator
+    from ..core.allocator import tune_cpu_allocator
 
     tune_cpu_allocator()  # every command's CPU work (evaluate's BER sweeps too); MCEL_TUNE_MALLOC=0: off
     parser = build_parser()
@@ -402,7 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _fail(exc: BaseException, debug: bool, status: int) -> int:
     """Print ``mcel: error: <first line>`` (passwords masked), the traceback too with ``--debug``."""
-    from search.spec import redact_credentials
+    from .spec import redact_credentials
 
     if debug:
         traceback.print_exc()

@@ -549,7 +549,7 @@ def iter_problems(paths: Iterable[str | Path], *, ray_version: str | None = None
             yield f"{path}: {problem}"
 
 
-if __name__ == "__main__":  # python -m search.cluster cluster.yaml cluster-gcp.yaml
+if __name__ == "__main__":  # python -m mcel_search.search.cluster cluster.yaml cluster-gcp.yaml
     import sys
 
     found = list(iter_problems(sys.argv[1:] or ["cluster.yaml", "cluster-gcp.yaml"]))

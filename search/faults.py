@@ -98,7 +98,7 @@ def checkpoint_write_fails(epoch: int) -> bool:
 def fail_write_enospc(path: str | os.PathLike) -> None:
     """Write to ``path`` through :func:`core.atomic.atomic_write` and fail half-way with ENOSPC, as a full
     disk does: the temporary file is removed and ``path`` is not created."""
-    from core.atomic import atomic_write
+    from ..core.atomic import atomic_write
 
     with atomic_write(path, "wb") as fh:
         fh.write(b"\0" * 4096)  # part of the checkpoint reached the disk ...

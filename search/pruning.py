@@ -26,7 +26,7 @@ from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from search.searcher import NUMBER_KEY
+from .searcher import NUMBER_KEY
 
 logger = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from search.spec import (
+from .spec import (
     SearchSpec,
     create_pruner,
     create_sampler,
@@ -230,8 +230,8 @@ def _check_db_url(field_name: str, url: str, what: str) -> None:
 
 def _check_data(spec: SearchSpec) -> None:
     """The data set loads in the driver (a local Ray instance shares its file system with the trials)."""
-    from core.data import load_dataset
-    from core.data.registry import DATA_ROOT_ENV, DatasetNotFoundError, resolve_data_root
+    from ..core.data import load_dataset
+    from ..core.data.registry import DATA_ROOT_ENV, DatasetNotFoundError, resolve_data_root
 
     d = spec.data
     try:
@@ -264,7 +264,7 @@ def preflight(
       their own data root);
     * without ``resume``, no search of the same name exists under the storage path.
     """
-    from search.faults import FAULT_ENV, parse_faults
+    from .faults import FAULT_ENV, parse_faults
 
     try:
         parse_faults(os.environ.get(FAULT_ENV))
@@ -314,7 +314,7 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
         return
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True, "configure_logging": False}
-    from search.faults import FAULT_ENV
+    from .faults import FAULT_ENV
 
     if os.environ.get(FAULT_ENV):  # fault injection (tests): reach the trial processes on every node
         kwargs["runtime_env"] = {"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}}
@@ -386,11 +386,11 @@ def run_search(
     from ray import tune
     from ray.tune import TuneConfig
 
-    from search.faults import StorageFaultGuard
-    from search.pruning import OptunaPruningScheduler
-    from search.searcher import PruningAwareOptunaSearch, SearchSpace
-    from search.tracking import MlflowTrialLogger, get_or_create_experiment, parent_run
-    from search.trainable import mcel_trial
+    from .faults import StorageFaultGuard
+    from .pruning import OptunaPruningScheduler
+    from .searcher import PruningAwareOptunaSearch, SearchSpace
+    from .tracking import MlflowTrialLogger, get_or_create_experiment, parent_run
+    from .trainable import mcel_trial
 
     tracking_uri = _resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     storage_path = resolve_storage_path(storage_path or spec.storage.path)
@@ -520,7 +520,7 @@ def _fit(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:
 
 
 def _fit_and_flush(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:
-    from search.faults import StorageFaultStop, storage_fault
+    from .faults import StorageFaultStop, storage_fault
 
     fault: tuple[str, str] | None = None
     try:
@@ -571,7 +571,7 @@ def _reconcile_optuna(url: str, study: str, grid: Any) -> None:
     """Close RUNNING Optuna trials that no Tune trial owns (left by a driver killed mid-ask)."""
     import optuna
 
-    from search.searcher import NUMBER_KEY, close_orphans
+    from .searcher import NUMBER_KEY, close_orphans
 
     live = set()
     for result in grid:

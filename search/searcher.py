@@ -101,7 +101,7 @@ class SearchSpace:
         self.space = dict(space)
 
     def __call__(self, trial: optuna.Trial) -> dict[str, Any] | None:
-        from core.losses import loss_params
+        from ..core.losses import loss_params
 
         several = len(self.losses) > 1
         loss = trial.suggest_categorical("loss", list(self.losses)) if several else self.losses[0]

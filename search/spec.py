@@ -521,7 +521,7 @@ def _check_uri(
 
 
 def _data(errs: _Errors, value: Any) -> DataSpec | None:
-    from core.data.registry import list_datasets
+    from ..core.data.registry import list_datasets
 
     path = "dataset"
     if isinstance(value, str):
@@ -593,7 +593,7 @@ def _param(errs: _Errors, path: str, value: Any, name: str) -> ParamSpace | None
 
 
 def _space(errs: _Errors, value: Any, losses: Sequence[str]) -> dict[str, ParamSpace]:
-    from core.losses import loss_params
+    from ..core.losses import loss_params
 
     if value is _MISSING:
         value = {}
@@ -891,10 +891,10 @@ def parse_spec(data: Mapping, *, source: str = "<dict>") -> SearchSpec:
 
 
 def _parse(data: Any, source: str, early: list[str]) -> SearchSpec:
-    import core.data  # fills the data set registry
-    import core.models  # noqa: F401  (fills the model registry)
-    from core.losses import list_losses
-    from core.models.registry import get_model_spec, list_models
+    from ..core import data as _registers_datasets  # noqa: F401
+    from ..core import models as _registers_models  # noqa: F401
+    from ..core.losses import list_losses
+    from ..core.models.registry import get_model_spec, list_models
 
     errs = _Errors()
     errs.lines.extend(early)

@@ -55,9 +55,9 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from search.pruning import trial_key
-from search.searcher import NUMBER_KEY
-from search.spec import redact_credentials
+from .pruning import trial_key
+from .searcher import NUMBER_KEY
+from .spec import redact_credentials
 
 logger = logging.getLogger(__name__)
 

@@ -33,12 +33,12 @@ from typing import Any
 import torch
 from ray import tune
 
-from core.checkpoint import save_checkpoint
-from core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margin_statistics
-from core.experiment import TrialSpec, build, checkpoint_meta
-from core.training import TrainConfig, Trainer, TrainingDivergedError
-from search import faults
-from search.searcher import NUMBER_KEY
+from ..core.checkpoint import save_checkpoint
+from ..core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margin_statistics
+from ..core.experiment import TrialSpec, build, checkpoint_meta
+from ..core.training import TrainConfig, Trainer, TrainingDivergedError
+from . import faults
+from .searcher import NUMBER_KEY
 
 TRAINER_FILE = "trainer.pt"
 MODEL_FILE = "model.pt"

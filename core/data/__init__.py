@@ -1,6 +1,6 @@
 """Data sets picked by name: every loader returns an in-memory, normalized :class:`DatasetBundle`.
 
->>> from core.data import list_datasets, load_dataset
+>>> from mcel_search.core.data import list_datasets, load_dataset
 >>> list_datasets()
 ['cifar10', 'digits', 'fashionmnist', 'imagenette', 'svhn', 'synthetic']
 >>> bundle = load_dataset("digits")
@@ -8,12 +8,12 @@
 (1437, 360, 8)
 """
 
-from core.data import digits as _digits  # noqa: F401  (registers "digits")
-from core.data import fashionmnist as _fashionmnist  # noqa: F401  (registers "fashionmnist")
-from core.data import synthetic as _synthetic  # noqa: F401  (registers "synthetic")
-from core.data import torchvision_sets as _torchvision_sets  # noqa: F401  (registers svhn, cifar10, imagenette)
-from core.data.fashionmnist import read_idx
-from core.data.registry import (
+from . import digits as _digits  # noqa: F401  (registers "digits")
+from . import fashionmnist as _fashionmnist  # noqa: F401  (registers "fashionmnist")
+from . import synthetic as _synthetic  # noqa: F401  (registers "synthetic")
+from . import torchvision_sets as _torchvision_sets  # noqa: F401  (registers svhn, cifar10, imagenette)
+from .fashionmnist import read_idx
+from .registry import (
     DATA_ROOT_ENV,
     DatasetBundle,
     DatasetNotFoundError,

@@ -8,7 +8,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from core.data.registry import DatasetBundle, make_bundle, register_dataset
+from .registry import DatasetBundle, make_bundle, register_dataset
 
 #: Share of the 1,797 images held out as the test split (stratified).
 DIGITS_TEST_FRACTION = 0.2

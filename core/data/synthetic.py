@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from core.data.registry import DatasetBundle, make_bundle, register_dataset
+from .registry import DatasetBundle, make_bundle, register_dataset
 
 
 def make_synthetic(

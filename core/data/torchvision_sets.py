@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.data.registry import (
+from .registry import (
     DatasetBundle,
     DatasetNotFoundError,
     file_lock,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from core.layers import LogitScale, QuantConv2d, QuantLinear, SignActivation
+from ..layers import LogitScale, QuantConv2d, QuantLinear, SignActivation
 
 BINARY_BITS = 1
 

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from core.layers import QuantLinear
-from core.models.base import QuantClassifier, conv_bn
-from core.models.registry import register_model
+from ..layers import QuantLinear
+from .base import QuantClassifier, conv_bn
+from .registry import register_model
 
 
 class BasicBlock(nn.Module):

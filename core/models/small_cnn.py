@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from core.models.base import QuantClassifier
-from core.models.registry import BNN_QNN_BITS, register_model
-from core.models.vgg import _build_vgg
+from .base import QuantClassifier
+from .registry import BNN_QNN_BITS, register_model
+from .vgg import _build_vgg
 
 
 @register_model("small_cnn", bits=BNN_QNN_BITS, paper_dataset="digits")

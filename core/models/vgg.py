@@ -10,9 +10,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from core.layers import QuantLinear
-from core.models.base import QuantClassifier, conv_bn, linear_bn
-from core.models.registry import BNN_QNN_BITS, register_model
+from ..layers import QuantLinear
+from .base import QuantClassifier, conv_bn, linear_bn
+from .registry import BNN_QNN_BITS, register_model
 
 #: Entries of a conv configuration: an int is a 3x3 conv with that many channels, "M" a 2x2 max-pool.
 ConvCfg = Sequence[int | str]

@@ -10,10 +10,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from analysis.pareto import pareto_front
-from analysis.queries import best_checkpoints, realizations, register_checkpoint, runs_frame
-from analysis.workflow import pareto_command, report_command, selections
-from core.checkpoint import load_checkpoint
+from mcel_search.analysis.pareto import pareto_front
+from mcel_search.analysis.queries import best_checkpoints, realizations, register_checkpoint, runs_frame
+from mcel_search.analysis.workflow import pareto_command, report_command, selections
+from mcel_search.core.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 EXPERIMENT = "analysis"
@@ -23,8 +23,8 @@ EXPERIMENT = "analysis"
 def searched(tmp_path_factory, mlflow_server):
     import ray
 
-    from search.runner import run_search
-    from search.spec import parse_spec
+    from mcel_search.search.runner import run_search
+    from mcel_search.search.spec import parse_spec
 
     tmp = tmp_path_factory.mktemp("analysis-search")
     spec = parse_spec(
@@ -113,7 +113,7 @@ def test_best_download_and_evaluate_from_uri(searched, tmp_path) -> None:
         len(best) == 1
         and best.loc[0, "checkpoint_uri"] == f"runs:/{best.loc[0, 'run_id']}/checkpoint/model.pt"
     )
-    cli = [sys.executable, "-m", "search.cli"]
+    cli = [sys.executable, "-m", "mcel_search.search.cli"]
     proc = subprocess.run(
         [*cli, "best", EXPERIMENT, "--arch", "small_cnn", "--tracking-uri", uri, "--download", str(tmp_path)],
         capture_output=True,
@@ -177,7 +177,7 @@ def test_report_figures_and_data(searched, tmp_path) -> None:
 
 
 def test_plotted_front_equals_computed_front(searched, tmp_path) -> None:
-    from analysis.plots import plot_pareto
+    from mcel_search.analysis.plots import plot_pareto
 
     uri, _ = searched
     df, sels, _ = selections(EXPERIMENT, tracking_uri=uri)

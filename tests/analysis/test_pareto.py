@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from analysis import pareto
-from analysis.pareto import pareto_front, pareto_mask
+from mcel_search.analysis import pareto
+from mcel_search.analysis.pareto import pareto_front, pareto_mask
 
 NAN = float("nan")
 

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from analysis import plots
+from mcel_search.analysis import plots
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -265,7 +265,7 @@ def test_margins_summary(tmp_path):
 
 def test_no_pyplot_no_tracking_imports():
     code = (
-        "import sys, analysis.plots\n"
+        "import sys, mcel_search.analysis.plots\n"
         "bad = [m for m in ('matplotlib.pyplot', 'mlflow', 'ray', 'optuna') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.report import ReportSection, format_cell, markdown_table, render_report, write_report
+from mcel_search.analysis.report import (
+    ReportSection,
+    format_cell,
+    markdown_table,
+    render_report,
+    write_report,
+)
 
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\0" * 16  # content does not matter to the report
 
@@ -179,7 +185,7 @@ def test_report_empty_front_and_missing_figure(tmp_path):
 
 def test_report_imports_no_plotting_or_tracking():
     code = (
-        "import sys, analysis.report\n"
+        "import sys, mcel_search.analysis.report\n"
         "bad = [m for m in ('matplotlib', 'mlflow', 'ray', 'optuna') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from analysis.selection import (
+from mcel_search.analysis.selection import (
     RULES,
     Selection,
     format_selection,

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from core.allocator import tune_cpu_allocator
+from mcel_search.core.allocator import tune_cpu_allocator
 
 # The child first puts glibc back to its initial thresholds (128 KiB each, as in a fresh process before its
 # dynamic rule raised them: how far a process has raised them depends on everything it allocated before,
@@ -19,7 +19,7 @@ from core.allocator import tune_cpu_allocator
 # step's activations and gradients. Prints whether tuning applied and the minor page faults of rounds 2..40.
 _PATTERN = """
 import ctypes, resource, torch
-from core.allocator import tune_cpu_allocator
+from mcel_search.core.allocator import tune_cpu_allocator
 libc = ctypes.CDLL("libc.so.6")
 assert libc.mallopt(-3, 128 * 1024) == 1 and libc.mallopt(-1, 128 * 1024) == 1  # M_MMAP_, M_TRIM_THRESHOLD
 applied = tune_cpu_allocator()

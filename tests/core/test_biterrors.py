@@ -10,10 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from core import biterrors
-from core.biterrors import SPARSE_MAX_P, _split_positions, derive_seed, flip_bits, inject_bit_errors
-from core.layers import QuantConv2d, QuantizedLayerMixin, QuantLinear, quantized_layers
-from core.quantization import dequantize, quantize
+from mcel_search.core import biterrors
+from mcel_search.core.biterrors import (
+    SPARSE_MAX_P,
+    _split_positions,
+    derive_seed,
+    flip_bits,
+    inject_bit_errors,
+)
+from mcel_search.core.layers import QuantConv2d, QuantizedLayerMixin, QuantLinear, quantized_layers
+from mcel_search.core.quantization import dequantize, quantize
 
 METHODS = ("sparse", "dense")
 _POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int64)

@@ -8,10 +8,10 @@ import pickle
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from core.data import load_dataset
-from core.experiment import TrialSpec, run_trial
-from core.training import TrainConfig
+from mcel_search.core.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from mcel_search.core.data import load_dataset
+from mcel_search.core.experiment import TrialSpec, run_trial
+from mcel_search.core.training import TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -94,11 +94,11 @@ def test_save_is_atomic_and_needs_model_meta(tmp_path) -> None:
 def test_durable_decides_the_fsync_and_either_file_loads(tmp_path, monkeypatch, durable, syncs) -> None:
     """The default write is fsynced once; ``durable=False`` (a file staged for Ray Tune to copy) is not,
     and is still written whole under its final name, with no temporary file left beside it."""
-    import core.atomic
+    import mcel_search.core.atomic
 
     calls: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(core.atomic.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    monkeypatch.setattr(mcel_search.core.atomic.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
     model = torch.nn.Linear(3, 2)
     meta = {"model": {"name": "linear"}}
     path = save_checkpoint(tmp_path / "m.pt", model, meta, durable=durable)

@@ -13,7 +13,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from core.data import (
+from mcel_search.core.data import (
     DatasetNotFoundError,
     list_datasets,
     load_dataset,
@@ -21,8 +21,8 @@ from core.data import (
     register_dataset,
     resolve_data_root,
 )
-from core.data import fashionmnist as fashion_module
-from core.data.registry import file_lock
+from mcel_search.core.data import fashionmnist as fashion_module
+from mcel_search.core.data.registry import file_lock
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 

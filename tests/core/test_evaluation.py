@@ -7,16 +7,22 @@ import math
 import pytest
 import torch
 
-from core.biterrors import derive_seed
-from core.data import load_dataset
-from core.evaluation import ber_sweep, evaluate_accuracy, margin_statistics, realization_seed, summarize
-from core.experiment import TrialSpec, run_trial
-from core.training import TrainConfig
+from mcel_search.core.biterrors import derive_seed
+from mcel_search.core.data import load_dataset
+from mcel_search.core.evaluation import (
+    ber_sweep,
+    evaluate_accuracy,
+    margin_statistics,
+    realization_seed,
+    summarize,
+)
+from mcel_search.core.experiment import TrialSpec, run_trial
+from mcel_search.core.training import TrainConfig
 
 
 def _model(spec_loss: str = "cel", seed: int = 0):
-    from core.models import create_model
-    from core.training import seed_everything
+    from mcel_search.core.models import create_model
+    from mcel_search.core.training import seed_everything
 
     seed_everything(seed)
     return create_model("small_cnn", bits=4, num_classes=10, in_channels=1, image_size=8).eval()

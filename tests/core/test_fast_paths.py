@@ -19,11 +19,11 @@ import pytest
 import torch
 from torch import nn
 
-from core.biterrors import derive_seed, flip_bits, inject_bit_errors
-from core.evaluation import ber_sweep, evaluate_accuracy, margin_statistics, realization_seed
-from core.layers import QuantConv2d, QuantLinear, cached_quantization, quantized_layers
-from core.models import create_model
-from core.quantization import dequantize, fake_quantize, quantize
+from mcel_search.core.biterrors import derive_seed, flip_bits, inject_bit_errors
+from mcel_search.core.evaluation import ber_sweep, evaluate_accuracy, margin_statistics, realization_seed
+from mcel_search.core.layers import QuantConv2d, QuantLinear, cached_quantization, quantized_layers
+from mcel_search.core.models import create_model
+from mcel_search.core.quantization import dequantize, fake_quantize, quantize
 
 FLOAT_DTYPES = [torch.float32, torch.float64, torch.bfloat16]
 

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.layers import LogitScale, QuantConv2d, QuantLinear, SignActivation, quantized_layers
-from core.quantization import dequantize, quantize_dequantize
+from mcel_search.core.layers import LogitScale, QuantConv2d, QuantLinear, SignActivation, quantized_layers
+from mcel_search.core.quantization import dequantize, quantize_dequantize
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])

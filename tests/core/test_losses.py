@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.losses import (
+from mcel_search.core.losses import (
     MCELoss,
     MHLoss,
     bounded_logits,

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.layers import LogitScale, QuantizedLayerMixin, SignActivation, quantized_layers
-from core.models import (
+from mcel_search.core.layers import LogitScale, QuantizedLayerMixin, SignActivation, quantized_layers
+from mcel_search.core.models import (
     create_model,
     create_model_from_config,
     get_model_spec,
@@ -16,7 +16,7 @@ from core.models import (
     register_model,
     supported_bits,
 )
-from core.models.mobilenetv2 import InvertedResidual
+from mcel_search.core.models.mobilenetv2 import InvertedResidual
 
 # (in_channels, image_size) small enough for CPU, as in the paper's data sets where cheap.
 SHAPES = {"vgg3": (1, 28), "vgg7": (3, 32), "mobilenetv2": (3, 32), "resnet18": (3, 32), "small_cnn": (1, 8)}

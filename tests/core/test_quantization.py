@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.quantization import QuantizedTensor, dequantize, fake_quantize, quantize, quantize_dequantize
+from mcel_search.core.quantization import (
+    QuantizedTensor,
+    dequantize,
+    fake_quantize,
+    quantize,
+    quantize_dequantize,
+)
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])

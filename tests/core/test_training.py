@@ -5,13 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.data import load_dataset
-from core.evaluation import evaluate_accuracy
-from core.experiment import TrialSpec, run_trial
-from core.layers import quantized_layers
-from core.losses import create_loss
-from core.models import create_model
-from core.training import TrainConfig, Trainer, TrainingDivergedError, seed_everything, top2_margin
+from mcel_search.core.data import load_dataset
+from mcel_search.core.evaluation import evaluate_accuracy
+from mcel_search.core.experiment import TrialSpec, run_trial
+from mcel_search.core.layers import quantized_layers
+from mcel_search.core.losses import create_loss
+from mcel_search.core.models import create_model
+from mcel_search.core.training import (
+    TrainConfig,
+    Trainer,
+    TrainingDivergedError,
+    seed_everything,
+    top2_margin,
+)
 
 
 def test_top2_margin_by_hand() -> None:
@@ -47,7 +53,9 @@ def test_mlm_is_mean_top2_margin_of_the_training_forward_passes() -> None:
     x, y = data.train.tensors
     order = torch.randperm(
         len(y),
-        generator=torch.Generator().manual_seed(__import__("core.biterrors").biterrors.derive_seed(0, 1)),
+        generator=torch.Generator().manual_seed(
+            __import__("mcel_search.core.biterrors").core.biterrors.derive_seed(0, 1)
+        ),
     )
     model.train()
     with torch.no_grad():
@@ -146,9 +154,9 @@ def test_evaluate_accuracy_counts_by_hand() -> None:
 
 def test_straight_through_substitute_forward_is_corrupted_gradient_is_by_hand() -> None:
     """y = x W_e^T with W_e the flipped weight; dL/dW for L = sum(c * y) is c^T x (as for any linear layer)."""
-    from core.biterrors import flip_bits
-    from core.layers import QuantLinear
-    from core.quantization import dequantize
+    from mcel_search.core.biterrors import flip_bits
+    from mcel_search.core.layers import QuantLinear
+    from mcel_search.core.quantization import dequantize
 
     torch.manual_seed(0)
     layer = QuantLinear(6, 3, bits=4, bias=False)
@@ -178,7 +186,7 @@ def _digits_trainer(train_ber: float, seed: int = 3, epochs: int = 2) -> Trainer
 
 
 def test_bit_error_training_is_seeded_fresh_per_step_and_restores_weights(monkeypatch) -> None:
-    import core.training as training
+    import mcel_search.core.training as training
 
     seeds: list[int] = []
     real = training.inject_bit_errors

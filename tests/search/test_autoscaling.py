@@ -31,8 +31,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.runner import run_search
-from search.spec import parse_spec
+from mcel_search.search.runner import run_search
+from mcel_search.search.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_CLUSTER = ROOT / "cluster-fake.yaml"

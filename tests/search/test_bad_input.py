@@ -23,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from search import cli
+from mcel_search.search import cli
 
 
 def free_port() -> int:
@@ -253,8 +253,8 @@ def assert_one_line(status: int, lines: list[str], err: str, needles: list[str])
 def test_valid_base_spec_passes(env: Env, capsys: pytest.CaptureFixture) -> None:
     """The control: the spec every case breaks is valid and passes the preflight checks, so each case
     fails because of its one bad field."""
-    from search.runner import preflight, resolve_storage_path
-    from search.spec import load_spec
+    from mcel_search.search.runner import preflight, resolve_storage_path
+    from mcel_search.search.spec import load_spec
 
     path = env.write(env.spec())
     assert cli.main(["search", path, "--dry-run"]) == 0
@@ -323,7 +323,7 @@ def test_subprocess_exit_status_2_and_no_traceback(case: str, needles: list[str]
     make = dict((c[0], c[1]) for c in SPEC_CASES)[case]
     path = env.write(make(env.spec(), env))
     proc = subprocess.run(
-        [sys.executable, "-m", "search.cli", "search", path, "--quiet"],
+        [sys.executable, "-m", "mcel_search.search.cli", "search", path, "--quiet"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -338,8 +338,8 @@ def test_subprocess_exit_status_2_and_no_traceback(case: str, needles: list[str]
 
 def _checkpoint(path: Path, arch: str = "small_cnn", claim: str | None = None) -> Path:
     """A real (untrained) digits checkpoint of ``arch``; ``claim`` names another architecture in it."""
-    from core.checkpoint import save_checkpoint
-    from core.models import create_model
+    from mcel_search.core.checkpoint import save_checkpoint
+    from mcel_search.core.models import create_model
 
     meta = {"name": arch, "bits": 4, "num_classes": 10, "in_channels": 1, "image_size": 8, "logit_scale": 1.0}
     model = create_model(meta.pop("name"), **meta)
@@ -432,7 +432,7 @@ def test_search_stopped_by_its_environment_exits_1_with_one_line(
     error: str, env: Env, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not bad input but a full disk or a tracking server down too long: status 1, one line, no traceback."""
-    from search import runner, tracking
+    from mcel_search.search import runner, tracking
 
     cls = getattr(runner, error, None) or getattr(tracking, error)
     line = "storage: [Errno 28] No space left on device: '/x/model.pt' — ... rerun with --resume"

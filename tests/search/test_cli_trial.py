@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-MCEL = [sys.executable, "-m", "search.cli"]
+MCEL = [sys.executable, "-m", "mcel_search.search.cli"]
 
 
 def run(*args: str) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from search.cluster import (
+from mcel_search.search.cluster import (
     ALL_INTERFACES,
     check_cluster_config,
     check_cluster_file,
@@ -96,7 +96,7 @@ def test_ray_schema_rejects_broken_copies(mutate: Callable[[dict], Any]) -> None
 
 
 def _commands(cfg: dict[str, Any]) -> list[str]:
-    from search.cluster import all_commands
+    from mcel_search.search.cluster import all_commands
 
     return all_commands(cfg)
 
@@ -455,7 +455,7 @@ def test_docs_ray_commands_use_real_subcommands_and_flags() -> None:
 
 
 def test_docs_mcel_commands_parse() -> None:
-    from search.cli import build_parser
+    from mcel_search.search.cli import build_parser
 
     parser = build_parser()
     parsed = []
@@ -472,7 +472,7 @@ def test_docs_mcel_commands_parse() -> None:
 
 
 def test_docs_spec_overlay_is_a_valid_cluster_spec(tmp_path: Path) -> None:
-    from search.spec import load_spec
+    from mcel_search.search.spec import load_spec
 
     (overlay,) = [
         b for b in re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S) if "storage:" in b

@@ -16,10 +16,10 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from core.checkpoint import read_checkpoint
-from search.runner import StorageFaultError, run_search
-from search.spec import parse_spec
-from search.tracking import MlflowTrialLogger
+from mcel_search.core.checkpoint import read_checkpoint
+from mcel_search.search.runner import StorageFaultError, run_search
+from mcel_search.search.spec import parse_spec
+from mcel_search.search.tracking import MlflowTrialLogger
 
 pytestmark = pytest.mark.slow
 
@@ -213,14 +213,14 @@ def test_mlflow_server_restarted_mid_search_loses_nothing(
                 return
             time.sleep(0.3)
 
-    caplog.set_level(logging.WARNING, logger="search.tracking")
+    caplog.set_level(logging.WARNING, logger="mcel_search.search.tracking")
     thread = threading.Thread(target=blink, daemon=True)
     thread.start()
     run_search(spec, verbose=0)
     thread.join(timeout=120)
     assert "up" in outage, f"the server was never restarted: {outage}"
     assert outage["at_epoch"] < epochs, "the search ended before the outage: nothing was tested"
-    messages = [r.getMessage() for r in caplog.records if r.name == "search.tracking"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "mcel_search.search.tracking"]
     assert any("unreachable" in m and "buffering" in m for m in messages), messages
     assert any("back after" in m for m in messages), messages
     client = MlflowClient(server.uri)
@@ -308,7 +308,7 @@ def test_mlflow_buffer_keeps_order_never_blocks_and_gives_up_clearly(monkeypatch
     """The buffer behind the server-restart test: calls queue while the server is down without blocking the
     driver, go out in order once it is back, a final flush gives up after the timeout with one line, and a
     real error (not an outage) is raised at once."""
-    from search import tracking
+    from mcel_search.search import tracking
 
     class Logger(tracking.MlflowTrialLogger):
         def _tag(self, value: str) -> None:
@@ -356,7 +356,7 @@ def test_mlflow_background_sender_keeps_order_and_surfaces_errors_in_the_driver(
     (Tune snapshots its callbacks) and works again after unpickling."""
     import pickle
 
-    from search import tracking
+    from mcel_search.search import tracking
 
     class SlowClient(_FlakyClient):
         def set_tag(self, run_id: str, key: str, value: str) -> None:

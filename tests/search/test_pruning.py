@@ -12,8 +12,8 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
-from search.pruning import OptunaPruningScheduler
-from search.searcher import NUMBER_KEY
+from mcel_search.search.pruning import OptunaPruningScheduler
+from mcel_search.search.searcher import NUMBER_KEY
 
 
 @dataclass

@@ -20,9 +20,9 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from core.checkpoint import load_checkpoint
-from search.runner import run_search
-from search.spec import parse_spec
+from mcel_search.core.checkpoint import load_checkpoint
+from mcel_search.search.runner import run_search
+from mcel_search.search.spec import parse_spec
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ class _Records(logging.Handler):
 
 
 def test_tunes_missing_files_warning_is_dropped_only_while_the_files_are_off(monkeypatch) -> None:
-    from search.runner import _quiet_missing_trial_files
+    from mcel_search.search.runner import _quiet_missing_trial_files
 
     log = logging.getLogger("ray.tune.analysis.experiment_analysis")
     seen = _Records()
@@ -226,7 +226,7 @@ def test_driver_killed_then_resumed_counts_every_trial_once(tmp_path, mlflow_ser
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(spec))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "search.cli", "search", str(path), "--num-cpus", "2", "--quiet"]
+    cmd = [sys.executable, "-m", "mcel_search.search.cli", "search", str(path), "--num-cpus", "2", "--quiet"]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search import runner
-from search.spec import parse_spec, redact_credentials
+from mcel_search.search import runner
+from mcel_search.search.spec import parse_spec, redact_credentials
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Product code and docs a user copies commands from (tests excluded: their servers are test fixtures).

@@ -13,8 +13,8 @@ import optuna
 import pytest
 import yaml
 
-import search.spec
-from search.spec import (
+import mcel_search.search.spec
+from mcel_search.search.spec import (
     ParamSpace,
     SearchSpec,
     SpecError,
@@ -153,7 +153,7 @@ def test_minimal_spec_takes_defaults() -> None:
 
 
 def test_docstring_example_is_valid_and_shows_the_defaults() -> None:
-    doc = search.spec.__doc__ or ""
+    doc = mcel_search.search.spec.__doc__ or ""
     block = doc.split("every other key has the default shown)::\n\n")[1].split("\n\nYAML notes")[0]
     example = yaml.safe_load(textwrap.dedent(block))
     required_only = {key: example[key] for key in ("name", "architectures", "bits", "losses", "space")}
