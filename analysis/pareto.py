@@ -27,8 +27,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..core.errors import BadInputError
+
 DIRECTIONS = ("max", "min")
-DEFAULT_OBJECTIVES: Mapping[str, str] = {"clean_acc": "max", "ber_acc": "max"}
+#: The search's two objectives and their directions: what every study optimizes (Optuna), every trial
+#: reports and every front is taken over. The one definition (search and selection import it).
+OBJECTIVES: Mapping[str, str] = {"clean_acc": "max", "ber_acc": "max"}
 
 # Upper bound on the elements of the (n, block, k) comparison tensor built per step; keeps memory at a few
 # tens of MB for tens of thousands of trials while staying fully vectorized within each block.
@@ -38,11 +42,11 @@ _BLOCK_ELEMENTS = 4_000_000
 def _signs(directions: Sequence[str]) -> np.ndarray:
     """+1 for ``"min"``, -1 for ``"max"``: multiplying by it makes every column lower-is-better."""
     if isinstance(directions, str):
-        raise ValueError(f"directions must be a sequence of 'max'/'min', got the string {directions!r}")
+        raise BadInputError(f"directions must be a sequence of 'max'/'min', got the string {directions!r}")
     signs = []
     for d in directions:
         if d not in DIRECTIONS:
-            raise ValueError(f"unknown direction {d!r}: expected one of {DIRECTIONS}")
+            raise BadInputError(f"unknown direction {d!r}: expected one of {DIRECTIONS}")
         signs.append(1.0 if d == "min" else -1.0)
     return np.asarray(signs, dtype=float)
 
@@ -65,13 +69,13 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """
     arr = np.asarray(values, dtype=float)
     if arr.ndim != 2:
-        raise ValueError(f"values must be a 2-D array (n, k), got shape {arr.shape}")
+        raise BadInputError(f"values must be a 2-D array (n, k), got shape {arr.shape}")
     n, k = arr.shape
     signs = _signs(directions)
     if k == 0:
-        raise ValueError("need at least one objective (values has 0 columns)")
+        raise BadInputError("need at least one objective (values has 0 columns)")
     if len(signs) != k:
-        raise ValueError(f"got {len(signs)} directions for {k} objective columns")
+        raise BadInputError(f"got {len(signs)} directions for {k} objective columns")
 
     lower = arr * signs  # every column lower-is-better from here on
     valid = ~np.isnan(lower).any(axis=1)
@@ -93,7 +97,7 @@ def pareto_mask(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
 
 def pareto_front(
     df: pd.DataFrame,
-    objectives: Mapping[str, str] = DEFAULT_OBJECTIVES,
+    objectives: Mapping[str, str] = OBJECTIVES,
     *,
     valid_states: Sequence[str] | None = ("completed",),
 ) -> pd.DataFrame:
@@ -114,18 +118,18 @@ def pareto_front(
             direction is unknown (naming it).
     """
     if not objectives:
-        raise ValueError("need at least one objective")
+        raise BadInputError("need at least one objective")
     cols = list(objectives)
     missing = [c for c in cols if c not in df.columns]
     if missing:
-        raise ValueError(f"unknown objective column(s) {missing}: table has {list(df.columns)}")
+        raise BadInputError(f"unknown objective column(s) {missing}: table has {list(df.columns)}")
     directions = [objectives[c] for c in cols]
     _signs(directions)  # validate even when the table is empty
     if valid_states is not None:
         if isinstance(valid_states, str):
             valid_states = (valid_states,)
         if "state" not in df.columns:
-            raise ValueError("column 'state' is needed to filter by valid_states (pass valid_states=None)")
+            raise BadInputError("column 'state' is needed to filter by valid_states (pass valid_states=None)")
         df = df[df["state"].isin(list(valid_states))]
     if df.empty:
         return df.iloc[0:0]

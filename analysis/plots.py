@@ -30,6 +30,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
+from ..core.atomic import atomic_write
+from ..core.errors import BadInputError
+
 __all__ = ["DPI", "plot_ber_curves", "plot_margins", "plot_mlm", "plot_pareto"]
 
 DPI = 120
@@ -48,17 +51,15 @@ def _new_figure() -> tuple[Figure, Any]:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (tmp file in the same folder + rename), then free it."""
+    """Write ``fig`` as PNG to ``path`` through :func:`~mcel_search.core.atomic.atomic_write` (parent folders
+    created, tmp file beside ``path`` renamed over it, removed on error), then free the figure."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise ValueError(f"figure path {str(path)!r} must end in .png (the figures are written as PNG)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        raise BadInputError(f"figure path {str(path)!r} must end in .png (the figures are written as PNG)")
     try:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=DPI)
     finally:
-        tmp.unlink(missing_ok=True)
         fig.clear()
     return path
 
@@ -68,14 +69,14 @@ def _require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> Non
         raise TypeError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise ValueError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}")
+        raise BadInputError(f"{what} lacks column(s) {missing}; it has {list(df.columns)}")
 
 
 def _check_fraction(values: pd.Series, what: str) -> None:
     v = pd.to_numeric(values, errors="raise").to_numpy(dtype=float)
     bad = v[np.isfinite(v) & ((v < 0.0) | (v > 1.0))]
     if bad.size:
-        raise ValueError(
+        raise BadInputError(
             f"{what} must be a fraction in [0, 1] (it is drawn in %), got e.g. {bad[0]!r}; "
             "pass fractions, not percentages"
         )
@@ -189,7 +190,7 @@ def _lookup(trials: pd.DataFrame, run_id: str | None, what: str) -> pd.DataFrame
         return trials.iloc[0:0]
     rows = trials[trials["run_id"] == run_id]
     if rows.empty:
-        raise ValueError(f"{what} run {run_id!r} is not in the trials table")
+        raise BadInputError(f"{what} run {run_id!r} is not in the trials table")
     return rows[_finite_acc(rows)]
 
 
@@ -223,7 +224,7 @@ def plot_pareto(
     _check_fraction(trials["ber_acc"], "trials.ber_acc")
     if trials["run_id"].duplicated().any():
         dups = sorted(set(trials.loc[trials["run_id"].duplicated(), "run_id"].astype(str)))
-        raise ValueError(f"trials has duplicated run_id(s) {dups[:5]}")
+        raise BadInputError(f"trials has duplicated run_id(s) {dups[:5]}")
     if isinstance(front_ids, str):
         raise TypeError("front_ids must be a sequence of run ids, not a single string")
     trials = trials.copy()
@@ -238,11 +239,11 @@ def plot_pareto(
     front_ids = list(dict.fromkeys(front_ids))
     unknown = [r for r in front_ids if r not in set(trials["run_id"])]
     if unknown:
-        raise ValueError(f"front run(s) {unknown} are not in the trials table")
+        raise BadInputError(f"front run(s) {unknown} are not in the trials table")
     front_rows = trials[trials["run_id"].isin(front_ids)]
     invalid = front_rows[(front_rows["state"] != "completed") | ~_finite_acc(front_rows)]
     if not invalid.empty:
-        raise ValueError(
+        raise BadInputError(
             f"front run(s) {invalid['run_id'].tolist()} are not completed with finite accuracies: "
             "the front must be computed over completed runs"
         )

@@ -19,17 +19,20 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from ..core.errors import BadInputError
+from ..core.losses import relative_separation
+
 if TYPE_CHECKING:
     from .selection import Selection
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 CURVE_ARTIFACT = "ber_curve.csv"
-NUMERIC_PARAMS = ("margin", "b", "logit_scale", "relative_separation")
+NUMERIC_PARAMS = ("margin", "b", "mhl_margin", "logit_scale", "relative_separation")
 KEY_METRICS = ("clean_acc", "ber_acc", "ber_acc_std", "ber_acc_min", "mlm", "train_loss")
 
 
-class ExperimentNotFoundError(ValueError):
+class ExperimentNotFoundError(BadInputError):
     """No MLflow experiment of that name at that tracking URI."""
 
 
@@ -133,8 +136,8 @@ def runs_frame(
             ]
         )
     if df["relative_separation"].isna().any():
-        derived = df["margin"] / (2 * df["b"])
-        df["relative_separation"] = df["relative_separation"].fillna(derived)
+        derived = df.apply(lambda r: relative_separation({"margin": r["margin"], "b": r["b"]}), axis=1)
+        df["relative_separation"] = df["relative_separation"].fillna(derived.astype(float))
     return df.sort_values(
         ["dataset", "arch", "bits", "role", "optuna_number"], na_position="first"
     ).reset_index(drop=True)
@@ -161,7 +164,7 @@ def realizations(run_id: str, ber: float, *, tracking_uri: str | None = None) ->
     df = ber_records(run_id, tracking_uri=tracking_uri)
     sel = df[(df["ber"] - ber).abs() <= 1e-12 * max(1.0, ber)].sort_values("rep")
     if sel.empty:
-        raise ValueError(
+        raise BadInputError(
             f"run {run_id} has no BER curve point at {ber:g}: it has {sorted(df['ber'].unique())}"
         )
     return sel["accuracy"].tolist()
@@ -204,7 +207,7 @@ def selections(
         filters["bits"] = str(bits)
     df = runs_frame(experiment, tracking_uri=tracking_uri, filters=filters)
     if df.empty:
-        raise ValueError(f"experiment {experiment!r} has no trial runs matching {filters or 'any'}")
+        raise BadInputError(f"experiment {experiment!r} has no trial runs matching {filters or 'any'}")
     ber = target_ber if target_ber is not None else _target_ber(df)
     sels = select_all(
         df,

@@ -20,10 +20,9 @@ Rules (:data:`RULES`), all over the *completed* rows with ``role == "trial"`` an
 Ties in every rule: higher ``ber_acc``, then higher ``clean_acc``, then lower ``margin`` (NaN last), then
 the earlier row. With these tie-breaks the selected row is always on the Pareto front.
 
-Comparison with CEL (:func:`paired_gain`): both models are evaluated on the same list of error seeds, so
-realization ``i`` of one model and realization ``i`` of the other saw the same bit flips. The per-seed
-differences ``d_i`` remove the realization-to-realization noise (4-6 points std on FashionMNIST at BER 1%)
-that an unpaired comparison of the two means would carry.
+Comparison with CEL: given the per-realization accuracies (``realizations``), :func:`select` computes the
+paired gain selected - baseline with :func:`~mcel_search.analysis.stats.paired_gain` (formulas, why
+pairing, and edge cases in ``stats.py``).
 """
 
 from __future__ import annotations
@@ -35,13 +34,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-from .pareto import pareto_front
+from ..core.errors import BadInputError
+from ..core.losses import relative_separation
+from .pareto import OBJECTIVES, pareto_front
+from .stats import PairedGain, paired_gain
 
 RULES = ("constraint", "knee", "weighted")
 GROUP_COLS = ("dataset", "arch", "bits")
-OBJECTIVES = {"clean_acc": "max", "ber_acc": "max"}
 DEFAULT_WEIGHTS = {"clean_acc": 0.5, "ber_acc": 0.5}
 
 # Absolute tolerance (in accuracy fractions) for "within max_clean_drop points": 0.92 - 0.01 is not exactly
@@ -50,66 +50,6 @@ _THRESHOLD_TOL = 1e-9
 # Scores are rounded to this many decimals before the tie-breaks so that float noise in a weighted sum or
 # a distance does not decide between mathematically equal scores.
 _SCORE_DECIMALS = 12
-
-
-# --------------------------------------------------------------------------------------------- paired gain
-
-
-@dataclass(frozen=True)
-class PairedGain:
-    """Paired mean difference ``candidate - baseline`` with a Student-t confidence interval.
-
-    Units are those of the inputs (accuracy fractions when fed accuracies); ``Selection.summary`` reports
-    them in points.
-    """
-
-    mean: float  # mean of d_i = candidate_i - baseline_i
-    low: float  # lower end of the confidence interval
-    high: float  # upper end of the confidence interval
-    n: int  # number of paired realizations
-    confidence: float  # e.g. 0.95
-    significant: bool  # True iff the interval excludes 0 (low > 0 or high < 0)
-
-
-def paired_gain(
-    candidate: Sequence[float], baseline: Sequence[float], confidence: float = 0.95
-) -> PairedGain:
-    """Paired-t confidence interval of the mean per-realization difference.
-
-    ``d_i = candidate_i - baseline_i``; interval ``mean(d) +- t_{(1+c)/2, n-1} * sd(d, ddof=1) / sqrt(n)``
-    (the interval of ``scipy.stats.ttest_rel(candidate, baseline).confidence_interval(c)``). If every
-    ``d_i`` is equal the interval is the point ``mean(d)`` (significant iff it is not 0).
-
-    Raises:
-        ValueError: lengths differ, fewer than 2 pairs, a non-finite value, or ``confidence`` not in (0, 1).
-    """
-    cand = np.asarray(candidate, dtype=float).ravel()
-    base = np.asarray(baseline, dtype=float).ravel()
-    if len(cand) != len(base):
-        raise ValueError(f"paired realizations need equal lengths, got {len(cand)} and {len(base)}")
-    n = len(cand)
-    if n < 2:
-        raise ValueError(f"need at least 2 paired realizations for a confidence interval, got {n}")
-    if not (np.isfinite(cand).all() and np.isfinite(base).all()):
-        raise ValueError("realizations must be finite numbers (got NaN or inf)")
-    if not (0.0 < confidence < 1.0):
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    d = cand - base
-    mean = float(d.mean())
-    if np.all(d == d[0]):
-        mean, half = float(d[0]), 0.0  # sd is exactly 0: the interval is the point
-    else:
-        tq = float(stats.t.ppf((1.0 + confidence) / 2.0, n - 1))
-        half = tq * float(d.std(ddof=1)) / math.sqrt(n)
-    low, high = mean - half, mean + half
-    return PairedGain(
-        mean=mean,
-        low=low,
-        high=high,
-        n=n,
-        confidence=float(confidence),
-        significant=bool(low > 0.0 or high < 0.0),
-    )
 
 
 # ----------------------------------------------------------------------------------------------- selection
@@ -135,11 +75,10 @@ def _value(row: pd.Series | None, key: str) -> Any:
     return value
 
 
-def relative_separation(margin: float, b: float) -> float:
-    """MCEL's relative logit separation ``m / (2 b)``; NaN if either is missing or ``b <= 0``."""
-    if math.isnan(margin) or math.isnan(b) or b <= 0:
-        return math.nan
-    return margin / (2.0 * b)
+def _separation(margin: float, b: float) -> float:
+    """:func:`~mcel_search.core.losses.relative_separation` of a row's values; NaN where not defined."""
+    value = relative_separation({"margin": margin, "b": b})
+    return math.nan if value is None else value
 
 
 def _fmt_ber(target_ber: float | None) -> str:
@@ -151,7 +90,7 @@ def _describe(row: pd.Series) -> str:
     loss = _value(row, "loss")
     name = str(loss).upper() if loss is not None and not pd.isna(loss) else "MCEL"
     parts = [name]
-    for key, label in (("margin", "m"), ("b", "b"), ("logit_scale", "s")):
+    for key, label in (("margin", "m"), ("b", "b"), ("mhl_margin", "mhl_margin"), ("logit_scale", "s")):
         v = _num(row, key)
         if not math.isnan(v):
             parts.append(f"{label}={v:g}")
@@ -222,7 +161,8 @@ class Selection:
             "margin": margin,
             "b": b,
             "logit_scale": _num(row, "logit_scale"),
-            "relative_separation": relative_separation(margin, b),
+            "mhl_margin": _num(row, "mhl_margin"),
+            "relative_separation": _separation(margin, b),
             "clean_acc": _num(row, "clean_acc"),
             "clean_acc_std": 0.0 if row is not None else math.nan,
             "ber_acc": _num(row, "ber_acc"),
@@ -286,12 +226,12 @@ def _check_weights(weights: Mapping[str, float] | None) -> dict[str, float]:
         return dict(DEFAULT_WEIGHTS)
     unknown = [k for k in weights if k not in DEFAULT_WEIGHTS]
     if unknown:
-        raise ValueError(f"unknown weight key(s) {unknown}: expected {list(DEFAULT_WEIGHTS)}")
+        raise BadInputError(f"unknown weight key(s) {unknown}: expected {list(DEFAULT_WEIGHTS)}")
     w = {k: float(weights.get(k, 0.0)) for k in DEFAULT_WEIGHTS}
     if any(not math.isfinite(v) or v < 0 for v in w.values()):
-        raise ValueError(f"weights must be finite and >= 0, got {dict(weights)}")
+        raise BadInputError(f"weights must be finite and >= 0, got {dict(weights)}")
     if all(v == 0 for v in w.values()):
-        raise ValueError("weights must not all be 0")
+        raise BadInputError("weights must not all be 0")
     return w
 
 
@@ -327,20 +267,20 @@ def select(
             than one group in ``df``.
     """
     if rule not in RULES:
-        raise ValueError(f"unknown selection rule {rule!r}: expected one of {RULES}")
+        raise BadInputError(f"unknown selection rule {rule!r}: expected one of {RULES}")
     required = ("role", "state", "clean_acc", "ber_acc")
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise ValueError(f"trials table lacks column(s) {missing}")
+        raise BadInputError(f"trials table lacks column(s) {missing}")
     if not (max_clean_drop >= 0):  # also rejects NaN
-        raise ValueError(f"max_clean_drop must be >= 0 percentage points, got {max_clean_drop}")
+        raise BadInputError(f"max_clean_drop must be >= 0 percentage points, got {max_clean_drop}")
     w = _check_weights(weights) if rule == "weighted" else None
     group: dict[str, Any] = {}
     for col in group_cols:
         if col in df.columns:
             vals = df[col].dropna().unique()
             if len(vals) > 1:
-                raise ValueError(
+                raise BadInputError(
                     f"select() takes one group, but column {col!r} has values {sorted(map(str, vals))}; "
                     "use select_all()"
                 )
@@ -408,7 +348,7 @@ def select_all(df: pd.DataFrame, group_cols: Sequence[str] = GROUP_COLS, **kwarg
     group_cols = list(group_cols)
     missing = [c for c in group_cols if c not in df.columns]
     if missing:
-        raise ValueError(f"trials table lacks group column(s) {missing}")
+        raise BadInputError(f"trials table lacks group column(s) {missing}")
     if df.empty:
         return []
     return [
@@ -454,7 +394,7 @@ def format_selection(sel: Selection) -> str:
                 _g(m),
                 _g(b),
                 _g(_num(r, "logit_scale")),
-                _g(relative_separation(m, b)),
+                _g(_separation(m, b)),
                 _pct(_num(r, "clean_acc")),
                 ber,
             )

@@ -91,14 +91,14 @@ def _overhead_spec(root: Path, trials: int, epochs: int) -> dict[str, Any]:
     }
 
 
-def _in_process(specs: list[Any], context: dict[str, Any], out: Path) -> float:
+def _in_process(specs: list[Any], context: Any, out: Path) -> float:
     """Run ``specs`` back to back with the trainable's evaluation; wall seconds."""
     from mcel_search.core.evaluation import ber_sweep, cache_batches, evaluate_accuracy
     from mcel_search.core.experiment import run_trial
 
-    objective, sweep = context["objective"], context["sweep"]
+    objective, sweep = context.objective, context.sweep
     saved = torch.get_num_threads()
-    torch.set_num_threads(1)  # what the trainable does with cpus_per_trial = 1
+    torch.set_num_threads(1)  # what the trainable does with 1 CPU per trial
     start = time.perf_counter()
     try:
         for i, spec in enumerate(specs):
@@ -113,9 +113,9 @@ def _in_process(specs: list[Any], context: dict[str, Any], out: Path) -> float:
                 test = cache["test"]
                 stats.extra["clean_acc"] = evaluate_accuracy(trainer.model, test)
                 final = trainer.epoch >= spec.train.epochs
-                bers = sweep["bers"] if final else [objective["target_ber"]]
-                reps = sweep["reps"] if final else objective["reps"]
-                ber_sweep(trainer.model, test, bers, reps, objective["seed"], p10=objective.get("p10"))
+                bers = sweep.bers if final else [objective.target_ber]
+                reps = sweep.reps if final else objective.reps
+                ber_sweep(trainer.model, test, bers, reps, objective.seed, p10=objective.p10)
 
             run_trial(spec, out_dir=out / f"trial{i}", on_epoch=on_epoch)
     finally:
@@ -157,7 +157,7 @@ def _search_vs_in_process(root: Path, trials: int, epochs: int, bracket: bool) -
 
     spec = parse_spec(_overhead_spec(root, trials, epochs))
     (arch, bits) = spec.studies()[0]
-    context = _context(spec, arch, bits, spec.study_name(arch, bits))
+    context = _context(spec, arch, bits)
     # the random sampler's configurations are known before the search: draw them as it will (seed 0)
     store = _prepare_store(spec.tracking.uri)
     runs: list[float] = []
@@ -205,12 +205,11 @@ def _sampled_configs(spec: Any, trials: int) -> list[dict[str, Any]]:
     trial at a time), without running anything."""
     import optuna
 
-    from mcel_search.search.runner import _space_tuples
+    from mcel_search.search.optuna_options import create_sampler
     from mcel_search.search.searcher import SearchSpace
-    from mcel_search.search.spec import create_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = SearchSpace(spec.losses, _space_tuples(spec))
+    space = SearchSpace(spec.losses, spec.space)
     study = optuna.create_study(directions=["maximize", "maximize"], sampler=create_sampler(spec.sampler))
     out = []
     for _ in range(trials):

@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 import torch
+from scipy.stats import t as student_t
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -47,40 +48,14 @@ from mcel_search.core.evaluation import ber_sweep, cache_batches, realization_se
 from mcel_search.core.experiment import TrialSpec, run_trial
 from mcel_search.core.training import TrainConfig
 
-try:
-    from scipy.stats import t as _student_t
 
-    def t_quantile(df: int) -> float:
-        """Two-sided 95% Student-t quantile ``t_{0.975, df}``."""
-        return float(_student_t.ppf(0.975, df))
+def t_quantile(df: int) -> float:
+    """Two-sided 95% Student-t quantile ``t_{0.975, df}``."""
+    return float(student_t.ppf(0.975, df))
 
-    T_SOURCE = "scipy.stats.t"
-except ImportError:  # pragma: no cover - scipy is normally installed
-    _T975 = {
-        1: 12.706,
-        2: 4.303,
-        3: 3.182,
-        4: 2.776,
-        5: 2.571,
-        6: 2.447,
-        7: 2.365,
-        8: 2.306,
-        9: 2.262,
-        10: 2.228,
-        14: 2.145,
-        19: 2.093,
-        29: 2.045,
-    }
 
-    def t_quantile(df: int) -> float:
-        """Small table; normal approximation (1.96) above 29 degrees of freedom."""
-        if df in _T975:
-            return _T975[df]
-        if df > 29:
-            return 1.96
-        return _T975[max(k for k in _T975 if k <= df)]  # conservative: next smaller df
-
-    T_SOURCE = "table / normal approximation"
+T_SOURCE = "scipy.stats.t"
+"""Named in the report footers (here and in ``results_fashionmnist.py``)."""
 
 DEFAULT_GRID = (
     "2,16,1;4,16,1;8,16,1;16,16,1;32,16,1;8,16,0.25;8,16,0.5;8,16,2;16,16,2;32,16,4;2,4,1;4,8,1;8,8,1"
@@ -143,10 +118,11 @@ def train(loss: str, m: float | None, b: float | None, s: float, seed: int, args
         dataset="digits",
         bits=args.bits,
         loss=loss,
-        margin=m,
-        b=b,
+        loss_params={"margin": m, "b": b} if loss == "mcel" else {},
         logit_scale=s,
-        train=TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed),
+        train=TrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu"
+        ),
     )
     return run_trial(spec)
 

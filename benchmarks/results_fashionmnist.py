@@ -87,14 +87,20 @@ class Model:
             "" if self.loss == "cel" else f"{self.margin if self.loss == 'mcel' else self.b:g}"
         )
 
+    @property
+    def loss_params(self) -> dict[str, float]:
+        """The loss's parameters by their registered names (``b`` is MHL's ``mhl_margin`` for mhl)."""
+        if self.loss == "mcel":
+            return {"margin": self.margin, "b": self.b}
+        return {"mhl_margin": self.b} if self.loss == "mhl" else {}
+
     def spec(self, args: argparse.Namespace) -> TrialSpec:
         return TrialSpec(
             arch="vgg3",
             dataset="fashionmnist",
             bits=args.bits,
             loss=self.loss,
-            margin=self.margin,
-            b=self.b,
+            loss_params=self.loss_params,
             logit_scale=self.logit_scale,
             train=TrainConfig(
                 epochs=args.epochs,
@@ -103,6 +109,7 @@ class Model:
                 step_size=args.step_size,
                 gamma=args.gamma,
                 seed=args.seed,
+                device="cpu",  # a CPU study (the cached runs were trained so)
                 train_ber=self.train_ber,
             ),
             limit_train=args.limit_train,
@@ -121,6 +128,9 @@ def models(args: argparse.Namespace) -> list[Model]:
 def cache_key(model: Model, args: argparse.Namespace) -> str:
     """Hash of everything that determines the cached result (setting, sweep, code-relevant knobs)."""
     spec = model.spec(args).to_dict()
+    # the layout the committed cache was keyed with (TrialSpec had margin and b fields then): same key
+    params = spec.pop("loss_params")
+    spec.update(margin=params.get("margin"), b=params.get("b", params.get("mhl_margin")))
     blob = json.dumps(
         {
             "spec": spec,

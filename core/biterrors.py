@@ -41,6 +41,7 @@ from typing import Literal
 import torch
 from torch import Generator, Tensor, nn
 
+from .errors import BadInputError
 from .layers import quantized_layers
 from .quantization import check_bits
 
@@ -78,7 +79,7 @@ Method = Literal["auto", "sparse", "dense"]
 def _check_probability(name: str, p: float) -> float:
     """Return ``float(p)`` if it is a finite real number in [0, 1], else raise ValueError."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:  # NaN fails too
-        raise ValueError(f"{name}={p!r} is not allowed: it must be a finite number in [0, 1]")
+        raise BadInputError(f"{name}={p!r} is not allowed: it must be a finite number in [0, 1]")
     return float(p)
 
 
@@ -92,7 +93,7 @@ def _check_codes(codes: Tensor) -> None:
 
 def _check_generator(generator: Generator | None, device: torch.device) -> None:
     if generator is not None and generator.device.type != device.type:
-        raise ValueError(
+        raise BadInputError(
             f"generator is on device {generator.device}, but the codes are on {device}: "
             "the random numbers are drawn on the codes' device"
         )
@@ -150,7 +151,7 @@ def _flip_bits_counted(
     p01 = _check_probability("p01", p01)
     p10 = p01 if p10 is None else _check_probability("p10", p10)
     if method not in ("auto", "sparse", "dense"):
-        raise ValueError(f"method={method!r} is not allowed: use 'auto', 'sparse' or 'dense'")
+        raise BadInputError(f"method={method!r} is not allowed: use 'auto', 'sparse' or 'dense'")
     _check_generator(generator, codes.device)
     pmax = max(p01, p10)
     # No torch.no_grad(): integer tensors never require grad, so autograd records nothing here anyway (the
@@ -365,7 +366,7 @@ def inject_bit_errors(
         raise TypeError(f"seed={seed!r} must be an int")
     layers = list(quantized_layers(model))
     if not layers:
-        raise ValueError(
+        raise BadInputError(
             f"{type(model).__name__} has no quantized layers (bits 1..8): a float model cannot be "
             "evaluated under bit errors by this engine"
         )

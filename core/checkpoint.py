@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_write
+from .errors import BadInputError
 
 FORMAT = "mcel-checkpoint"
 VERSION = 1
@@ -35,7 +36,7 @@ VERSION = 1
 ALLOWED = "allowed: an mcel-checkpoint file (checkpoint.pt of `mcel train`, model.pt of a search)"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInputError):
     """A checkpoint that cannot be loaded safely or does not fit; the one-line message names the file, the
     problem and what is allowed."""
 
@@ -51,7 +52,7 @@ def save_checkpoint(
     ``durable=False``: no fsync (:func:`core.atomic.atomic_write`), for a file staged to be copied.
     """
     if "model" not in meta:
-        raise ValueError("checkpoint meta needs a 'model' entry with the create_model arguments")
+        raise BadInputError("checkpoint meta needs a 'model' entry with the create_model arguments")
     path = Path(path)
     payload = {"format": FORMAT, "version": VERSION, **meta, "state_dict": model.state_dict()}
     with atomic_write(path, "wb", durable=durable) as fh:

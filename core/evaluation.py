@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .biterrors import derive_seed, inject_bit_errors
+from .errors import BadInputError
 from .layers import cached_quantization
 from .training import resolve_device, top2_margin
 
@@ -160,12 +161,12 @@ def summarize(ber: float, accs: Sequence[float]) -> BerSummary:
 def _check_sweep_args(bers: Iterable[float], reps: int, p10: float | None) -> list[float]:
     bers = [float(b) for b in bers]
     if not bers:
-        raise ValueError("bers is empty: give at least one bit error rate in [0, 1]")
+        raise BadInputError("bers is empty: give at least one bit error rate in [0, 1]")
     for b in [*bers, *([p10] if p10 is not None else [])]:
         if not (math.isfinite(b) and 0.0 <= b <= 1.0):
-            raise ValueError(f"bit error rate {b!r} is not allowed: it must be in [0, 1]")
+            raise BadInputError(f"bit error rate {b!r} is not allowed: it must be in [0, 1]")
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
-        raise ValueError(f"reps={reps!r} is not allowed: it must be an integer >= 1")
+        raise BadInputError(f"reps={reps!r} is not allowed: it must be an integer >= 1")
     return bers
 
 

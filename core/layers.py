@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import BadInputError
+from .params import Param
 from .quantization import QuantizedTensor, check_bits, dequantize, fake_quantize, quantize
 
 FLOAT_BITS = 32
@@ -44,7 +46,7 @@ def check_layer_bits(bits: int) -> int:
     try:
         return check_bits(bits)
     except ValueError:
-        raise ValueError(
+        raise BadInputError(
             f"bits={bits!r} is not supported: allowed are 1..8 (quantized) or 32 (float)"
         ) from None
 
@@ -108,7 +110,7 @@ class QuantizedLayerMixin:
         if not self.is_quantized:
             raise RuntimeError("a 32-bit (float) layer cannot run with substituted codes")
         if qt.shape != self.weight.shape or qt.bits != self.bits:
-            raise ValueError(
+            raise BadInputError(
                 f"substitute codes of shape {tuple(qt.shape)} at {qt.bits} bits do not fit a weight of shape "
                 f"{tuple(self.weight.shape)} at {self.bits} bits"
             )
@@ -199,6 +201,10 @@ class SignActivation(nn.Module):
         return sign_ste(x)
 
 
+#: The constant factor on a network's raw logits (searched as ``logit_scale``): finite and > 0.
+LOGIT_SCALE = Param("logit_scale", 0.0, False, "constant factor on the network's raw logits")
+
+
 class LogitScale(nn.Module):
     """Multiply the network's raw logits by a constant ``scale`` (paper Sec. VIII-A).
 
@@ -208,11 +214,7 @@ class LogitScale(nn.Module):
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
-        if not (isinstance(scale, int | float) and not isinstance(scale, bool)) or not (
-            0 < scale < float("inf")
-        ):
-            raise ValueError(f"logit_scale={scale!r} is not allowed: it must be a finite number > 0")
-        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("scale", torch.tensor(LOGIT_SCALE.check(scale)))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale

@@ -22,41 +22,39 @@ MHL (Buschjaeger et al., "Margin-maximization in binarized neural networks for o
 tolerance", DATE 2021), per sample::
 
     loss = mean_c max(0, b - y_c * z_c) / b,   y_c = +1 for the true class, -1 otherwise
+
+Parameter names: each loss declares its hyperparameters as :class:`~mcel_search.core.params.Param` (name,
+bound, constructor keyword) in :func:`register_loss`. The names are unique across losses: a search spec,
+``mcel train``, checkpoints and MLflow call MCEL's ``margin`` and ``b`` and MHL's margin ``mhl_margin``
+(the ``b`` of ``MHLoss``), so one searched distribution never mixes two quantities.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import BadInputError
+from .params import Param
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def _check_positive(name: str, value: float) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name}={value!r} is not allowed: it must be a finite number > 0")
-    return float(value)
-
-
-def _check_non_negative(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"{name}={value!r} is not allowed: it must be a finite number >= 0")
-    return float(value)
+#: MCEL's margin m (eq. 9): subtracted from the bounded true-class logit; m = 0 is allowed.
+MARGIN = Param("margin", 0.0, True, "MCEL margin m, subtracted from the bounded true-class logit")
+#: MCEL's saturation bound b (eq. 7): logits are bounded to (-b, b).
+BOUND = Param("b", 0.0, False, "MCEL saturation bound b: logits bounded to (-b, b)")
+#: MHL's demanded margin (the b of Buschjaeger et al.): a different quantity from MCEL's bound.
+MHL_MARGIN = Param("mhl_margin", 0.0, False, "MHL margin b: the demanded logit margin", arg="b")
 
 
 def _check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction={reduction!r} is not allowed: choose one of {', '.join(REDUCTIONS)}")
+        raise BadInputError(f"reduction={reduction!r} is not allowed: choose one of {', '.join(REDUCTIONS)}")
     return reduction
 
 
@@ -70,7 +68,7 @@ def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
 
 def bounded_logits(logits: Tensor, b: float) -> Tensor:
     """``b * tanh(logits / b)`` (eq. 7): smooth, odd, ~identity for ``|z| << b``, saturating at ``+-b``."""
-    b = _check_positive("b", b)
+    b = BOUND.check(b)
     return b * torch.tanh(logits / b)
 
 
@@ -84,8 +82,7 @@ def mcel_loss(logits: Tensor, target: Tensor, margin: float, b: float, reduction
         b: saturation bound ``b > 0``; logits are bounded to ``(-b, b)``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, as in ``nn.CrossEntropyLoss``.
     """
-    margin = _check_non_negative("margin", margin)
-    b = _check_positive("b", b)
+    margin, b = MARGIN.check(margin), BOUND.check(b)
     _check_reduction(reduction)
     z_hat = b * torch.tanh(logits / b)
     shifted = z_hat - margin * F.one_hot(target, num_classes=logits.shape[-1]).to(z_hat.dtype)
@@ -98,7 +95,7 @@ def mhl_loss(logits: Tensor, target: Tensor, b: float, reduction: str = "mean") 
     ``y_c = +1`` for the true class and ``-1`` for the others; ``b > 0`` is the demanded margin. The loss is
     0 once the true logit is ``>= b`` and every other logit ``<= -b``; it is 1 at ``z = 0``.
     """
-    b = _check_positive("b", b)
+    b = MHL_MARGIN.check(b)
     _check_reduction(reduction)
     signs = 2.0 * F.one_hot(target, num_classes=logits.shape[-1]).to(logits.dtype) - 1.0
     per_sample = torch.clamp(b - signs * logits, min=0).mean(dim=-1) / b
@@ -119,14 +116,13 @@ class MCELoss(nn.Module):
 
     def __init__(self, margin: float, b: float, reduction: str = "mean") -> None:
         super().__init__()
-        self.margin = _check_non_negative("margin", margin)
-        self.b = _check_positive("b", b)
+        self.margin, self.b = MARGIN.check(margin), BOUND.check(b)
         self.reduction = _check_reduction(reduction)
 
     @property
     def relative_separation(self) -> float:
-        """``m / (2 b)`` (eq. 8)."""
-        return self.margin / (2.0 * self.b)
+        """``m / (2 b)`` (eq. 8); see :func:`relative_separation`."""
+        return relative_separation({"margin": self.margin, "b": self.b})
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return mcel_loss(logits, target, self.margin, self.b, self.reduction)
@@ -140,7 +136,7 @@ class MHLoss(nn.Module):
 
     def __init__(self, b: float, reduction: str = "mean") -> None:
         super().__init__()
-        self.b = _check_positive("b", b)
+        self.b = MHL_MARGIN.check(b)
         self.reduction = _check_reduction(reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
@@ -164,26 +160,36 @@ class CELoss(nn.Module):
 LossFactory = Callable[..., nn.Module]
 
 _LOSSES: dict[str, LossFactory] = {}
-_LOSS_PARAMS: dict[str, tuple[str, ...]] = {}
+_LOSS_PARAMS: dict[str, tuple[Param, ...]] = {}
 
 
-def register_loss(name: str, params: tuple[str, ...]) -> Callable[[LossFactory], LossFactory]:
+def all_loss_params() -> dict[str, Param]:
+    """Every parameter name of every registered loss -> its :class:`Param`, in registration order."""
+    return {p.name: p for params in _LOSS_PARAMS.values() for p in params}
+
+
+def register_loss(name: str, params: tuple[Param, ...]) -> Callable[[LossFactory], LossFactory]:
     """Register a loss factory under ``name``; ``params`` are the hyperparameters it takes (besides
-    ``reduction``). Raises ValueError on a duplicate name."""
+    ``reduction``). Raises ValueError on a duplicate loss name, or on a parameter name that another loss
+    already uses for a different :class:`Param`."""
 
     def decorator(factory: LossFactory) -> LossFactory:
         if name in _LOSSES:
             raise ValueError(f"loss {name!r} is already registered")
+        known = all_loss_params()
+        for p in params:
+            if p.name in known and known[p.name] != p:
+                raise ValueError(f"loss parameter {p.name!r} already names another quantity: {known[p.name]}")
         _LOSSES[name] = factory
-        _LOSS_PARAMS[name] = params
+        _LOSS_PARAMS[name] = tuple(params)
         return factory
 
     return decorator
 
 
 register_loss("cel", ())(CELoss)
-register_loss("mcel", ("margin", "b"))(MCELoss)
-register_loss("mhl", ("b",))(MHLoss)
+register_loss("mcel", (MARGIN, BOUND))(MCELoss)
+register_loss("mhl", (MHL_MARGIN,))(MHLoss)
 
 
 def list_losses() -> list[str]:
@@ -191,32 +197,50 @@ def list_losses() -> list[str]:
     return sorted(_LOSSES)
 
 
-def loss_params(name: str) -> tuple[str, ...]:
-    """The hyperparameters loss ``name`` takes, e.g. ``("margin", "b")`` for ``mcel``."""
+def loss_param_specs(name: str) -> tuple[Param, ...]:
+    """The :class:`Param` of every hyperparameter loss ``name`` takes, in the loss's order."""
     _check_loss_name(name)
     return _LOSS_PARAMS[name]
 
 
+def loss_params(name: str) -> tuple[str, ...]:
+    """The names of the hyperparameters loss ``name`` takes, e.g. ``("margin", "b")`` for ``mcel``."""
+    return tuple(p.name for p in loss_param_specs(name))
+
+
 def _check_loss_name(name: str) -> None:
     if name not in _LOSSES:
-        raise ValueError(f"unknown loss {name!r}: known losses are {', '.join(list_losses())}")
+        raise BadInputError(f"unknown loss {name!r}: known losses are {', '.join(list_losses())}")
 
 
-def create_loss(name: str, **params: Any) -> nn.Module:
-    """Build the loss ``name`` with ``params``; ``None`` values are dropped so defaults apply.
+def create_loss(name: str, reduction: str = "mean", **params: Any) -> nn.Module:
+    """Build the loss ``name`` from its parameters by their :class:`Param` names (``mhl_margin`` for
+    MHL's margin); ``None`` values are dropped.
 
-    A parameter the loss does not take (e.g. ``margin`` for ``cel``) raises ValueError naming it and the
-    parameters allowed, so a search space cannot silently pass a value that has no effect.
+    A parameter the loss does not take (e.g. ``margin`` for ``cel``) raises :class:`BadInputError` naming it
+    and the parameters allowed, so a search space cannot silently pass a value that has no effect; a missing
+    one or a value out of its bound raises too.
     """
-    _check_loss_name(name)
+    specs = loss_param_specs(name)
     params = {k: v for k, v in params.items() if v is not None}
-    allowed = (*_LOSS_PARAMS[name], "reduction")
+    allowed = [p.name for p in specs]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        raise ValueError(
-            f"loss {name!r} does not take {', '.join(unknown)}: its parameters are {', '.join(allowed)}"
+        raise BadInputError(
+            f"loss {name!r} does not take {', '.join(unknown)}: its parameters are "
+            f"{', '.join([*allowed, 'reduction'])}"
         )
-    missing = [p for p in _LOSS_PARAMS[name] if p not in params]
+    missing = [p for p in allowed if p not in params]
     if missing:
-        raise ValueError(f"loss {name!r} needs {', '.join(missing)}")
-    return _LOSSES[name](**params)
+        raise BadInputError(f"loss {name!r} needs {', '.join(missing)}")
+    return _LOSSES[name](reduction=reduction, **{p.keyword: p.check(params[p.name]) for p in specs})
+
+
+def relative_separation(params: Mapping[str, Any]) -> float | None:
+    """MCEL's relative logit separation ``m / (2 b)`` (eq. 8): the fraction of the logit range ``2b`` that
+    the margin demands. ``params`` maps parameter names to values (a trial's config, a table row); None
+    when ``margin`` or ``b`` is absent or None (CEL, MHL); NaN in, NaN out (tables of mixed losses). The
+    one place the formula is written."""
+    if params.get("margin") is None or params.get("b") is None:
+        return None
+    return float(params["margin"]) / (2.0 * float(params["b"]))

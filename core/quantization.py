@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .errors import BadInputError
+
 MIN_BITS = 1
 MAX_BITS = 8
 
@@ -37,7 +39,7 @@ MAX_BITS = 8
 def check_bits(bits: int) -> int:
     """Return ``bits`` if it is an int in 1..8, else raise ValueError naming the value and what is allowed."""
     if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits={bits!r} is not supported: allowed are integers {MIN_BITS}..{MAX_BITS}")
+        raise BadInputError(f"bits={bits!r} is not supported: allowed are integers {MIN_BITS}..{MAX_BITS}")
     return bits
 
 
@@ -69,7 +71,7 @@ class QuantizedTensor:
     def with_codes(self, codes: Tensor) -> QuantizedTensor:
         """The same decode (clean scale and offset) applied to other codes, e.g. bit-flipped ones."""
         if codes.shape != self.codes.shape:
-            raise ValueError(f"codes shape {tuple(codes.shape)} differs from {tuple(self.codes.shape)}")
+            raise BadInputError(f"codes shape {tuple(codes.shape)} differs from {tuple(self.codes.shape)}")
         return QuantizedTensor(codes=codes, scale=self.scale, offset=self.offset, bits=self.bits)
 
 
@@ -93,7 +95,7 @@ def quantize(w: Tensor, bits: int) -> QuantizedTensor:
     if not w.is_floating_point():
         raise TypeError(f"quantize expects a floating point tensor, got dtype {w.dtype}")
     if w.numel() == 0:
-        raise ValueError("quantize got an empty tensor")
+        raise BadInputError("quantize got an empty tensor")
     with torch.no_grad():
         w = w.detach()
         scale, offset = _affine_params(w, bits)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,18 +30,56 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from .biterrors import derive_seed, inject_bit_errors
+from .errors import BadInputError, McelError
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(McelError, RuntimeError):
     """The training loss became NaN or infinite; the message names the epoch."""
 
 
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _TRAIN_BER_KEY = 0xB17  # seed-derivation key of the per-step bit-error realizations of bit-error training
 
 
-@dataclass
+def _int_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+#: The one definition of every :class:`TrainConfig` bound: field -> (admits(value), what is allowed).
+#: ``TrainConfig`` checks them itself; the search spec checks a spec's ``train`` section against the same
+#: table (:func:`train_config_problems`), reporting every bad field instead of the first.
+TRAIN_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "epochs": (_int_at_least(1), "an integer >= 1"),
+    "batch_size": (_int_at_least(1), "an integer >= 1"),
+    "lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "step_size": (_int_at_least(1), "an integer >= 1"),
+    "gamma": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "seed": (_int_at_least(0), "an integer >= 0"),
+    "device": (
+        lambda v: isinstance(v, str) and _DEVICE_RE.fullmatch(v) is not None,
+        "auto, cpu, cuda or cuda:N",
+    ),
+    "num_workers": (_int_at_least(0), "an integer >= 0"),
+    "progress": (lambda v: isinstance(v, bool), "true or false"),
+    "train_ber": (
+        lambda v: _finite(v) and 0 <= v <= 0.5,
+        "a bit error rate in [0, 0.5] (0: no bit-error training)",
+    ),
+}
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Training settings (paper Table II: epochs EP, batch size BS, StepLR step size SS and gamma)."""
+    """Training settings (paper Table II: epochs EP, batch size BS, StepLR step size SS and gamma).
+
+    Frozen: a search hands one instance to all its trials. Every bound is in :data:`TRAIN_BOUNDS`; a bad
+    value raises :class:`~mcel_search.core.errors.BadInputError` naming every bad field.
+    """
 
     epochs: int = 10  # number of passes over the training set
     batch_size: int = 256  # samples per optimizer step
@@ -49,7 +88,7 @@ class TrainConfig:
     gamma: float = 0.5  # StepLR decay factor
     weight_decay: float = 0.0  # Adam weight decay (the paper uses none)
     seed: int = 0  # seeds weight init (via seed_everything) and the per-epoch shuffling order
-    device: str = "cpu"  # "cpu", "cuda", "cuda:1", ...
+    device: str = "auto"  # "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
     num_workers: int = 0  # DataLoader workers (0: in-process; our data sets are in-memory tensors)
     progress: bool = False  # print a progress bar to stderr
     # Bit-error training (the baseline the paper argues against): every step runs its forward pass with the
@@ -58,22 +97,27 @@ class TrainConfig:
     train_ber: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "step_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is not allowed: it must be an integer >= 1")
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} is not allowed: it must be a finite number > 0")
-        if not (isinstance(self.gamma, int | float) and 0 < self.gamma <= 1):
-            raise ValueError(f"gamma={self.gamma!r} is not allowed: it must be in (0, 1]")
-        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay={self.weight_decay!r} is not allowed: it must be >= 0")
-        tb = self.train_ber
-        if isinstance(tb, bool) or not (isinstance(tb, int | float) and 0 <= tb <= 0.5):
-            raise ValueError(f"train_ber={tb!r} is not allowed: it must be a bit error rate in [0, 0.5]")
+        problems = train_config_problems(asdict(self))
+        if problems:
+            raise BadInputError(
+                "; ".join(
+                    f"{name}={value!r} is not allowed: it must be {allowed}"
+                    for name, value, allowed in problems
+                )
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def train_config_problems(values: Mapping[str, Any]) -> list[tuple[str, Any, str]]:
+    """``[(field, value, what is allowed)]`` for every value of ``values`` that :data:`TRAIN_BOUNDS`
+    refuses (keys that are not fields are ignored: the caller reports those)."""
+    return [
+        (k, v, TRAIN_BOUNDS[k][1])
+        for k, v in values.items()
+        if k in TRAIN_BOUNDS and not TRAIN_BOUNDS[k][0](v)
+    ]
 
 
 @dataclass
@@ -113,7 +157,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={str(device)!r} is not available here: CUDA is not present; use 'cpu'")
+        raise BadInputError(f"device={str(device)!r} is not available here: CUDA is not present; use 'cpu'")
     return dev
 
 

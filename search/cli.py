@@ -1,9 +1,16 @@
 """The ``mcel`` command line: one entry point, subcommands in a dict (as optuna's cli.py).
 
-Bad input (a value out of range, a missing file, an unsafe checkpoint, an unreachable tracking server, an
-unwritable storage path) exits with status 2 and one line ``mcel: error: ...`` that names the field, the
-value and what is allowed; ``--debug`` shows the traceback. A search stopped by a full disk or a tracking
-server down too long exits with status 1 and one line saying to rerun with ``--resume``.
+Exit statuses (the product's exceptions, :mod:`mcel_search.core.errors`):
+
+* 0: done;
+* 2, bad input (:class:`~mcel_search.core.errors.BadInputError`: a value out of range, an unsafe
+  checkpoint, an unreachable tracking server, an unwritable storage path; and a path the user gave that
+  does not exist or cannot be opened): ``mcel: error: ...`` naming the field, the value and what is
+  allowed, one line per problem (a spec with four bad fields prints four lines);
+* 3, resumable (:class:`~mcel_search.core.errors.ResumableError`: a full disk, a tracking server down too
+  long): one line saying what to fix before rerunning with ``--resume``;
+* 1, a bug: any other exception, reported as one line that says so; ``--debug`` shows the traceback (for
+  every status).
 """
 
 from __future__ import annotations
@@ -18,15 +25,19 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..core.errors import BadInputError, McelError, ResumableError
+
+#: Exit status of bad input (:class:`BadInputError` and path errors of files the user named).
 EXIT_BAD_INPUT = 2
-#: Exit status of a search stopped by its environment (a full disk, a tracking server down too long):
-#: fix the cause, then rerun with --resume.
-EXIT_RESUMABLE = 1
-#: Errors that stop a search in a resumable state (search.runner / search.tracking), printed on one line.
-RESUMABLE_ERRORS = ("StorageFaultError", "TrackingUnavailableError")
+#: Exit status of a search stopped by its environment (:class:`ResumableError`): fix it, rerun with --resume.
+EXIT_RESUMABLE = 3
+#: Exit status of an exception that is not the product's own: a bug.
+EXIT_BUG = 1
+#: OS errors about a path (a file the user named that is missing, a directory, not permitted): bad input.
+PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
-class UsageError(ValueError):
+class UsageError(BadInputError):
     """Bad input found by the CLI itself."""
 
 
@@ -43,8 +54,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="digits", help="data set name (see `mcel list`)")
     p.add_argument("--bits", type=int, default=4, help="1 (BNN), 2, 4, 8 (QAT) or 32 (float)")
     p.add_argument("--loss", default="mcel", help="cel, mcel or mhl")
-    p.add_argument("--margin", type=float, default=None, help="MCEL margin m (mcel)")
-    p.add_argument("--b", type=float, default=None, help="saturation bound b (mcel) / hinge margin (mhl)")
+    # one flag per registered loss parameter (core.losses.all_loss_params; a test keeps them in step)
+    p.add_argument("--margin", type=float, default=None, help="MCEL margin m >= 0 (mcel)")
+    p.add_argument("--b", type=float, default=None, help="MCEL saturation bound b > 0 (mcel)")
+    p.add_argument("--mhl-margin", type=float, default=None, help="MHL margin > 0 (mhl)")
     p.add_argument("--logit-scale", type=float, default=1.0, help="constant factor on the raw logits")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256)
@@ -63,6 +76,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..core.experiment import TrialSpec, run_trial
+    from ..core.losses import all_loss_params
     from ..core.training import TrainConfig
 
     train = TrainConfig(
@@ -80,8 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         bits=args.bits,
         loss=args.loss,
-        margin=args.margin,
-        b=args.b,
+        loss_params={
+            name: getattr(args, name) for name in all_loss_params() if getattr(args, name) is not None
+        },
         logit_scale=args.logit_scale,
         train=train,
         data_root=args.data_root,
@@ -201,8 +216,9 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .runner import plan, resolve_storage_path, run_search
-    from .spec import load_spec
+    from .preflight import resolve_storage_path
+    from .runner import plan, run_search
+    from .spec_file import load_spec
 
     spec = load_spec(args.spec)
     tracking_uri = args.tracking_uri or spec.tracking.uri
@@ -392,22 +408,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mcel: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError) as exc:
-        return _fail(exc, args.debug, EXIT_BAD_INPUT)
-    except Exception as exc:
-        if type(exc).__name__ not in RESUMABLE_ERRORS:
-            raise
+    except ResumableError as exc:
         return _fail(exc, args.debug, EXIT_RESUMABLE)
+    except (BadInputError, *PATH_ERRORS) as exc:
+        return _fail(exc, args.debug, EXIT_BAD_INPUT)
+    except Exception as exc:  # not ours: a bug, said as such
+        return _fail(exc, args.debug, EXIT_BUG)
+
+
+def _error_lines(exc: BaseException) -> list[str]:
+    """What ``mcel: error:`` prints: every line of a spec error (one per bad field), else the first line
+    of the message; an exception that is not the product's own is labelled a bug."""
+    from .redact import redact_credentials
+
+    if isinstance(exc, (McelError, *PATH_ERRORS)):
+        lines = getattr(exc, "errors", None) or str(exc).splitlines()[:1] or [type(exc).__name__]
+        return [redact_credentials(line) for line in lines]
+    first = (str(exc).splitlines() or [""])[0]
+    return [
+        redact_credentials(
+            f"internal error (a bug in mcel-search, not your input): {type(exc).__name__}: {first}; "
+            "rerun with --debug for the traceback and report it"
+        )
+    ]
 
 
 def _fail(exc: BaseException, debug: bool, status: int) -> int:
-    """Print ``mcel: error: <first line>`` (passwords masked), the traceback too with ``--debug``."""
-    from .spec import redact_credentials
-
+    """Print ``mcel: error: <line>`` for each line of :func:`_error_lines` (passwords masked), the traceback
+    too with ``--debug``; return ``status``."""
     if debug:
         traceback.print_exc()
-    message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    print(f"mcel: error: {redact_credentials(message)}", file=sys.stderr)
+    for line in _error_lines(exc):
+        print(f"mcel: error: {line}", file=sys.stderr)
     return status
 
 

@@ -6,13 +6,13 @@
   attempt only (a marker file ``.mcel-fault-raise_once-epoch3`` in the trial directory remembers that it
   fired), so Ray Tune's retry (``failure.max_retries``) resumes it from its last checkpoint (epoch 2);
 * ``enospc:epoch=2`` — every attempt's checkpoint write of epoch 2 fails the way a full disk fails: bytes
-  reach a temporary file through :func:`core.atomic.atomic_write`, then ``OSError(ENOSPC)`` is raised
+  reach a temporary file through :func:`mcel_search.core.atomic.atomic_write`, then ``OSError(ENOSPC)`` is raised
   (the temporary file is removed, no checkpoint is left half-written). It keeps failing while the variable
   is set, as a full disk would; the driver stops the search (see ``search.runner``) and a later
   ``mcel search --resume`` without the variable finishes it.
 
-Handling real storage faults (not injected ones) lives here too: :class:`StorageFaultGuard`, a Tune callback
-of the driver, stops the search at the first trial that failed on a full or read-only disk.
+Handling real storage faults (not injected ones) is product code of its own:
+:mod:`mcel_search.search.storage_guard`.
 
 The variable is read in the trial process. A local Ray instance started by ``mcel search`` inherits the
 driver's environment, and ``search.runner`` also passes the variable to Ray workers through
@@ -26,17 +26,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from ray.tune import Callback
+from ..core.errors import BadInputError
 
 #: The environment variable holding the faults to inject (unset or empty: none).
 FAULT_ENV = "MCEL_FAULT_INJECT"
 #: Kinds of faults.
 FAULT_KINDS: tuple[str, ...] = ("raise_once", "enospc")
 
-#: errno values that mean "the disk is full or read-only": retrying does not help, resuming later does.
-STORAGE_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 _FAULT_RE = re.compile(r"(?P<kind>[a-z_]+):epoch=(?P<epoch>[0-9]+)")
 
@@ -62,7 +59,7 @@ def parse_faults(text: str | None) -> list[Fault]:
             continue
         m = _FAULT_RE.fullmatch(part)
         if not m or m.group("kind") not in FAULT_KINDS or int(m.group("epoch")) < 1:
-            raise ValueError(
+            raise BadInputError(
                 f"{FAULT_ENV}: {part!r} — <kind>:epoch=<k> with kind one of {', '.join(FAULT_KINDS)} and k >= 1"
             )
         faults.append(Fault(m.group("kind"), int(m.group("epoch"))))
@@ -103,54 +100,3 @@ def fail_write_enospc(path: str | os.PathLike) -> None:
     with atomic_write(path, "wb") as fh:
         fh.write(b"\0" * 4096)  # part of the checkpoint reached the disk ...
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))  # ... then it was full
-
-
-_ERRNO_RE = re.compile(r"\[Errno (?P<errno>\d+)\] (?P<text>[^:\n]+)(?:: (?P<path>'[^'\n]*'|\S+))?")
-
-
-def storage_fault(text: str) -> str | None:
-    """``"[Errno 28] No space left on device: '<path>'"`` if ``text`` (an error, a traceback) shows a storage
-    fault (:data:`STORAGE_ERRNOS`), else None."""
-    for m in _ERRNO_RE.finditer(text):
-        if int(m.group("errno")) in STORAGE_ERRNOS:
-            return m.group(0)
-    return None
-
-
-def _trial_error_text(trial: Any) -> str:
-    path = getattr(trial, "error_file", None)
-    try:
-        if path and Path(path).exists():
-            return Path(path).read_text()
-    except OSError:
-        pass
-    return str(getattr(trial, "error_msg", "") or "")
-
-
-class StorageFaultStop(Exception):
-    """Raised from a Tune callback to stop ``Tuner.fit`` at once (like a killed driver: resumable)."""
-
-
-class StorageFaultGuard(Callback):
-    """Tune callback: the first trial failure caused by a full or read-only disk stops the whole search.
-
-    Called on ``on_trial_recover`` (a failure Tune would retry) and ``on_trial_error`` (the last one), it
-    records the fault (``self.fault``: errno text and path, ``self.trial``) and raises, which ends
-    ``Tuner.fit`` the way a killed driver does: the experiment state stays resumable.
-    """
-
-    def __init__(self) -> None:
-        self.fault: str | None = None
-        self.trial: str | None = None
-
-    def _check(self, trial: Any) -> None:
-        fault = storage_fault(_trial_error_text(trial))
-        if fault is not None:
-            self.fault, self.trial = fault, str(trial)
-            raise StorageFaultStop(fault, self.trial)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._check(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._check(trial)

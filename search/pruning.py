@@ -26,6 +26,7 @@ from optuna.trial import TrialState
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
+from ..core.errors import BadInputError
 from .searcher import NUMBER_KEY
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class OptunaPruningScheduler(FIFOScheduler):
     ) -> None:
         super().__init__()
         if mode not in ("max", "min"):
-            raise ValueError(f"mode={mode!r} is not allowed: max or min")
+            raise BadInputError(f"mode={mode!r} is not allowed: max or min")
         self.pruner = pruner
         self._metric = metric
         self._mode = mode

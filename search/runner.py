@@ -11,7 +11,7 @@ For each study ``<spec>-<arch>-<bits>b``:
    ``trials_per_arch`` trials, at most ``concurrency`` at a time, each with ``resources`` (``tune.with_resources``),
    retried ``failure.max_retries`` times from its last checkpoint.
 
-Before anything starts, :func:`preflight` checks what the spec cannot check on its own (the storage path is
+Before anything starts, :func:`~.preflight.preflight` checks what the spec cannot check on its own (the storage path is
 writable, the tracking server answers, the data files are there, no search of the same name is in the way);
 a problem is one :class:`PreflightError` line naming the field, the value and what is allowed.
 
@@ -30,42 +30,26 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .spec import (
-    SearchSpec,
-    create_pruner,
-    create_sampler,
-    flatten,
-    redact_credentials,
-    spec_to_dict,
-)
+from ..analysis.pareto import OBJECTIVES
+from ..core.errors import ResumableError
+from .optuna_options import create_pruner, create_sampler
+from .preflight import SearchStateError, preflight, resolve_storage_path, resolve_tracking_uri
+from .redact import redact_credentials
+from .spec import SearchSpec, flatten, spec_to_dict
+
+if TYPE_CHECKING:
+    from .trainable import TrialContext
 
 logger = logging.getLogger(__name__)
 
-OBJECTIVES = ("clean_acc", "ber_acc")
 
-
-class SearchStateError(ValueError):
-    """An existing run in the way (without --resume), or nothing to resume."""
-
-
-class PreflightError(ValueError):
-    """The environment cannot run the spec (storage, tracking server, data); one line: field, value, allowed."""
-
-
-class StorageFaultError(RuntimeError):
+class StorageFaultError(ResumableError):
     """A trial hit a full or read-only disk; the search was stopped and can be resumed after freeing space."""
-
-
-#: Seconds a preflight connection to the tracking server (or an RDB) may take.
-PREFLIGHT_TIMEOUT_S = 5.0
-_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306}
 
 
 @dataclass
@@ -92,60 +76,29 @@ class SearchOutcome:
     studies: list[StudyOutcome]
 
 
-def _space_tuples(spec: SearchSpec) -> dict[str, tuple]:
-    return {name: (p.kind, p.values, p.low, p.high) for name, p in spec.space.items()}
-
-
-def resolve_storage_path(path: str) -> str:
-    """Absolute local path, or the URI unchanged for remote storage (``s3://``, ``gs://``...)."""
-    if "://" in path:
-        return path
-    return str(Path(path).expanduser().resolve())
-
-
-def _resolve_tracking_uri(uri: str) -> str:
-    """Make ``sqlite:///relative.db`` absolute so Ray workers and later commands find the same store."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    return uri
-
-
 def _optuna_storage(spec: SearchSpec, storage_path: str) -> str:
-    if spec.storage.optuna:
-        url = _resolve_tracking_uri(spec.storage.optuna)
-        if url.startswith("sqlite:///"):
-            Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-        return url
-    if "://" in storage_path:
-        raise SearchStateError(
-            "storage.optuna: null — with a remote storage.path an Optuna RDB URL must be given "
-            "(e.g. the cluster's postgresql:// or a sqlite:/// file on the head node)"
-        )
-    db = Path(storage_path) / spec.name / "optuna.db"
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{db}"
+    """The Optuna storage URL (:meth:`SearchSpec.optuna_storage` under the storage path in force), a
+    relative SQLite path made absolute and its directory created."""
+    url = resolve_tracking_uri(spec.optuna_storage(storage_path))
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return url
 
 
-def _context(spec: SearchSpec, arch: str, bits: int, study: str) -> dict[str, Any]:
-    d = spec_to_dict(spec)
-    data = {
-        "name": spec.data.name,
-        "root": spec.data.root,
-        "split_seed": spec.data.split_seed,
-        "limit_train": spec.data.limit_train,
-        "limit_test": spec.data.limit_test,
-    }
-    sweep_bers = sorted({*spec.sweep.bers, spec.objective.target_ber})
-    return {
-        "arch": arch,
-        "bits": bits,
-        "study": study,
-        "data": data,
-        "train": dict(d["train"]),
-        "objective": dict(d["objective"]),
-        "sweep": {"bers": sweep_bers, "reps": spec.sweep.reps},
-        "cpus_per_trial": spec.resources.cpu,
-    }
+def _context(spec: SearchSpec, arch: str, bits: int) -> TrialContext:
+    """The study's :class:`~mcel_search.search.trainable.TrialContext`: the spec's own sections."""
+    from .trainable import TrialContext
+
+    return TrialContext(
+        study=spec.study_name(arch, bits),
+        arch=arch,
+        bits=bits,
+        data=spec.data,
+        train=spec.train,
+        objective=spec.objective,
+        sweep=spec.sweep,
+        cpus=spec.resources.cpu,
+    )
 
 
 def plan(spec: SearchSpec, tracking_uri: str, storage_path: str) -> str:
@@ -169,142 +122,9 @@ def plan(spec: SearchSpec, tracking_uri: str, storage_path: str) -> str:
         )
     lines += [
         f"  MLflow: {redact_credentials(tracking_uri)} experiment {spec.experiment_name()!r}",
-        f"  Ray Tune storage: {storage_path}/<study>; Optuna: {spec.storage.optuna or storage_path + '/' + spec.name + '/optuna.db'}",
+        f"  Ray Tune storage: {storage_path}/<study>; Optuna: {spec.optuna_storage(storage_path)}",
     ]
     return redact_credentials("\n".join(lines))
-
-
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _check_writable_dir(field_name: str, value: str, directory: Path) -> None:
-    """``directory`` exists as a writable directory or can be created (its nearest existing ancestor is one)."""
-    allowed = "a directory this user can write to (created if missing)"
-    base = _nearest_existing(directory)
-    if not base.is_dir():
-        raise PreflightError(
-            f"{field_name}: {value!r} — not writable: {str(base)!r} is a file, not a directory; allowed: {allowed}"
-        )
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise PreflightError(
-            f"{field_name}: {value!r} — not writable: no write permission on {str(base)!r}; allowed: {allowed}"
-        )
-
-
-def _check_reachable(field_name: str, uri: str, what: str) -> None:
-    """A TCP connection to the host and port of ``uri`` opens within :data:`PREFLIGHT_TIMEOUT_S`."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    scheme = parts.scheme.split("+")[0].lower()
-    try:
-        host, port = parts.hostname, parts.port or _DEFAULT_PORTS.get(scheme)
-    except ValueError:
-        host, port = None, None
-    shown = redact_credentials(uri)
-    if not host or not port:
-        raise PreflightError(f"{field_name}: {shown!r} — no host and port in it; allowed: {what}")
-    start = time.monotonic()
-    try:
-        with socket.create_connection((host, port), timeout=PREFLIGHT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
-        raise PreflightError(
-            f"{field_name}: {shown!r} — unreachable ({reason} after {time.monotonic() - start:.1f}s); "
-            f"allowed: {what}"
-        ) from None
-
-
-def _check_db_url(field_name: str, url: str, what: str) -> None:
-    scheme = url.split(":", 1)[0].split("+")[0].lower()
-    if scheme == "sqlite":
-        db = Path(url.split(":///", 1)[-1].split("?", 1)[0]).expanduser()
-        _check_writable_dir(field_name, redact_credentials(url), db.resolve().parent)
-    elif scheme in ("postgresql", "mysql"):
-        _check_reachable(field_name, url, what)
-
-
-def _check_data(spec: SearchSpec) -> None:
-    """The data set loads in the driver (a local Ray instance shares its file system with the trials)."""
-    from ..core.data import load_dataset
-    from ..core.data.registry import DATA_ROOT_ENV, DatasetNotFoundError, resolve_data_root
-
-    d = spec.data
-    try:
-        load_dataset(d.name, root=d.root, split_seed=d.split_seed, limit_train=1, limit_test=1)
-    except DatasetNotFoundError as exc:
-        root = str(resolve_data_root(d.root))
-        field_name = (
-            "dataset.root"
-            if d.root is not None
-            else (DATA_ROOT_ENV if os.environ.get(DATA_ROOT_ENV) else "dataset.root (default)")
-        )
-        first = " ".join(str(exc).split("\n")[0].split())
-        raise PreflightError(
-            f"{field_name}: {root!r} — {first}; allowed: a directory holding the {d.name} files "
-            f"(set dataset.root or {DATA_ROOT_ENV})"
-        ) from None
-
-
-def preflight(
-    spec: SearchSpec, tracking_uri: str, storage_path: str, *, resume: bool = False, check_data: bool = True
-) -> None:
-    """Check, before anything is started or written, that ``spec`` can run here; raise :class:`PreflightError`.
-
-    * ``MCEL_FAULT_INJECT`` (tests) parses;
-    * the local storage path (and the Optuna SQLite file) can be written: its nearest existing ancestor is a
-      writable directory;
-    * the tracking store is usable: a SQLite/file store's directory is writable, an ``http(s)://`` server
-      (or a database) accepts a TCP connection within :data:`PREFLIGHT_TIMEOUT_S` seconds;
-    * the data set's files are there (``check_data``; skipped for a remote Ray cluster, whose workers have
-      their own data root);
-    * without ``resume``, no search of the same name exists under the storage path.
-    """
-    from .faults import FAULT_ENV, parse_faults
-
-    try:
-        parse_faults(os.environ.get(FAULT_ENV))
-    except ValueError as exc:
-        raise PreflightError(str(exc)) from None
-    tracking_what = (
-        "a reachable MLflow tracking server (is it running? is the SSH tunnel open?) or sqlite:///<file>"
-    )
-    scheme = (
-        tracking_uri.split(":", 1)[0].lower()
-        if "://" in tracking_uri or tracking_uri.startswith("file:")
-        else None
-    )
-    if scheme in ("http", "https"):
-        _check_reachable("tracking.uri", tracking_uri, tracking_what)
-    elif scheme is not None and scheme.split("+")[0] in ("sqlite", "postgresql", "mysql"):
-        _check_db_url("tracking.uri", tracking_uri, tracking_what)
-    elif scheme == "file" or scheme is None:
-        path = tracking_uri[len("file:") :] if scheme == "file" else tracking_uri
-        path = path[2:] if path.startswith("//") else path
-        _check_writable_dir("tracking.uri", tracking_uri, Path(path).expanduser().resolve())
-    if "://" not in storage_path:
-        _check_writable_dir("storage.path", storage_path, Path(storage_path))
-    if spec.storage.optuna:
-        _check_db_url(
-            "storage.optuna", spec.storage.optuna, "a writable sqlite:///<file> or a reachable database"
-        )
-    if check_data:
-        _check_data(spec)
-    if not resume and "://" not in storage_path:
-        from ray import tune
-
-        for arch, bits in spec.studies():
-            study = spec.study_name(arch, bits)
-            for name in (study, f"{study}-baseline"):
-                if tune.Tuner.can_restore(str(Path(storage_path) / name)):
-                    raise SearchStateError(
-                        f"storage.path: {storage_path!r} — a search named {name!r} already exists there; "
-                        "allowed: --resume to continue it, or another spec name or storage path"
-                    )
 
 
 def _init_ray(address: str | None, num_cpus: int | None) -> None:
@@ -386,13 +206,13 @@ def run_search(
     from ray import tune
     from ray.tune import TuneConfig
 
-    from .faults import StorageFaultGuard
     from .pruning import OptunaPruningScheduler
     from .searcher import PruningAwareOptunaSearch, SearchSpace
+    from .storage_guard import StorageFaultGuard
     from .tracking import MlflowTrialLogger, get_or_create_experiment, parent_run
     from .trainable import mcel_trial
 
-    tracking_uri = _resolve_tracking_uri(tracking_uri or spec.tracking.uri)
+    tracking_uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     storage_path = resolve_storage_path(storage_path or spec.storage.path)
     preflight(spec, tracking_uri, storage_path, resume=resume, check_data=not ray_address)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot often: a killed driver loses little
@@ -416,7 +236,7 @@ def run_search(
         study = spec.study_name(arch, bits)
         tags = {"arch": arch, "bits": str(bits), "dataset": spec.data.name, "mcel.spec": spec.name}
         parent = parent_run(client, experiment_id, study, tags, flat)
-        context = _context(spec, arch, bits, study)
+        context = _context(spec, arch, bits)
         trainable = tune.with_resources(tune.with_parameters(mcel_trial, context=context), resources)
         fixed_params = {
             k: v
@@ -443,9 +263,9 @@ def run_search(
         sampler = create_sampler(spec.sampler)
         rdb = optuna.storages.RDBStorage(optuna_url)
         searcher = PruningAwareOptunaSearch(
-            space=SearchSpace(spec.losses, _space_tuples(spec)),
+            space=SearchSpace(spec.losses, spec.space),
             metric=list(OBJECTIVES),
-            mode=["max", "max"],
+            mode=list(OBJECTIVES.values()),
             sampler=sampler,
             storage=rdb,
             study_name=study,
@@ -520,7 +340,7 @@ def _fit(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:
 
 
 def _fit_and_flush(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:
-    from .faults import StorageFaultStop, storage_fault
+    from .storage_guard import StorageFaultStop, storage_fault
 
     fault: tuple[str, str] | None = None
     try:

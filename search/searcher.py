@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+
+from .spec import ParamSpace
 
 logger = logging.getLogger(__name__)
 
@@ -91,12 +94,13 @@ class SearchSpace:
     """The define-by-run space over the spec's parameters (a class, so Tune can pickle the searcher).
 
     The loss is suggested only when the spec lists several; then only the parameters that loss takes
-    (``core.losses.loss_params``) plus ``logit_scale`` are suggested (a conditional space). ``space`` maps a
-    parameter name to ``(kind, values, low, high)`` with kind ``choice``, ``uniform`` or ``loguniform``; a
-    choice of one value is fixed and not suggested.
+    (``core.losses.loss_params``: ``margin`` and ``b`` for mcel, ``mhl_margin`` for mhl) plus
+    ``logit_scale`` are suggested: a conditional space. ``space`` is the validated spec's
+    (:attr:`~mcel_search.search.spec.SearchSpec.space`), read as it is; a choice of one value is fixed
+    (returned, not suggested).
     """
 
-    def __init__(self, losses: tuple[str, ...], space: dict[str, tuple]) -> None:
+    def __init__(self, losses: tuple[str, ...], space: Mapping[str, ParamSpace]) -> None:
         self.losses = tuple(losses)
         self.space = dict(space)
 
@@ -107,16 +111,13 @@ class SearchSpace:
         loss = trial.suggest_categorical("loss", list(self.losses)) if several else self.losses[0]
         fixed: dict[str, Any] = {} if several else {"loss": loss}
         for name in (*loss_params(loss), "logit_scale"):
-            if name not in self.space:
+            p = self.space.get(name)
+            if p is None:
                 continue
-            kind, values, low, high = self.space[name]
-            if kind == "choice":
-                if len(values) == 1:
-                    fixed[name] = values[0]
-                else:
-                    trial.suggest_categorical(name, list(values))
-            elif kind == "uniform":
-                trial.suggest_float(name, low, high)
+            if p.fixed is not None:
+                fixed[name] = p.fixed
+            elif p.kind == "choice":
+                trial.suggest_categorical(name, list(p.values or ()))
             else:
-                trial.suggest_float(name, low, high, log=True)
+                trial.suggest_float(name, p.low, p.high, log=p.kind == "loguniform")
         return fixed or None

@@ -9,7 +9,7 @@ Layout (documented in README "MLflow layout"; ``analysis/`` reads it):
   ``baseline`` for the CEL baseline), ``mcel.trial_key`` (study + Optuna number: the trial's identity across
   retries and driver restarts), ``mcel.optuna_number``, ``mcel.tune_trial_id``, ``arch``, ``bits``,
   ``dataset``, ``loss``, ``mcel.state`` (``running`` / ``completed`` / ``pruned`` / ``errored``) and
-  ``mcel.error`` for errored trials; params: the searched values (``loss``, ``margin``, ``b``,
+  ``mcel.error`` for errored trials; params: the searched values (``loss``, ``margin``, ``b``, ``mhl_margin``,
   ``logit_scale``, ``relative_separation`` = m/(2b)) and the fixed settings (``train.*``, ``objective.*``);
   metrics per epoch with ``step=epoch`` (``train_loss``, ``train_acc``, ``mlm``, ``lr``, ``clean_acc``,
   ``ber_acc``, ``ber_acc_std``, ``search_wait_s``, ...); at the end the BER curve as metrics ``ber_acc_at_<ber>``,
@@ -55,9 +55,11 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
+from ..core.errors import ResumableError
+from ..core.losses import all_loss_params, relative_separation
 from .pruning import trial_key
+from .redact import redact_credentials
 from .searcher import NUMBER_KEY
-from .spec import redact_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +72,8 @@ EPOCH_METRICS_SKIP = {
     "time_total_s",
     "timestamp",
 }
-TRIAL_PARAM_KEYS = ("loss", "margin", "b", "logit_scale")
+#: The searched values logged as a trial's params: the loss, every registered loss parameter, the scale.
+TRIAL_PARAM_KEYS = ("loss", *all_loss_params(), "logit_scale")
 #: Seconds the driver waits for an unreachable tracking server when the buffer is full or a Tune run ends.
 FLUSH_TIMEOUT_S = float(os.environ.get("MCEL_MLFLOW_FLUSH_TIMEOUT_S", "600"))
 #: Backoff between flush attempts while the server is unreachable (seconds, doubling).
@@ -92,7 +95,7 @@ _TRANSIENT_TEXT = (
 )
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(ResumableError):
     """The tracking server stayed unreachable longer than :data:`FLUSH_TIMEOUT_S` with calls still buffered."""
 
 
@@ -464,8 +467,9 @@ class MlflowTrialLogger(Callback):
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         params = {k: config[k] for k in TRIAL_PARAM_KEYS if k in config}
-        if config.get("margin") is not None and config.get("b"):
-            params["relative_separation"] = float(config["margin"]) / (2.0 * float(config["b"]))
+        separation = relative_separation(config)
+        if separation is not None:
+            params["relative_separation"] = separation
         self._runs[key] = run_id
         self._last_step[run_id] = 0
         self._need_params[run_id] = {**self.params, **params}

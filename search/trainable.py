@@ -15,7 +15,7 @@ Each report carries a checkpoint directory: ``model.pt`` (the model in the safe 
 BER and repetition) and ``summary.json``. A trial restarted after a failure resumes from its last one.
 
 Fault injection (tests only; inert unless the environment variable ``MCEL_FAULT_INJECT`` is set, see
-:mod:`search.faults`): ``raise_once:epoch=k`` raises at the start of epoch k on the first attempt only;
+:mod:`mcel_search.search.faults`): ``raise_once:epoch=k`` raises at the start of epoch k on the first attempt only;
 ``enospc:epoch=k`` makes epoch k's checkpoint write fail with ``OSError(ENOSPC)``.
 """
 
@@ -27,6 +27,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,11 @@ from ray import tune
 from ..core.checkpoint import save_checkpoint
 from ..core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margin_statistics
 from ..core.experiment import TrialSpec, build, checkpoint_meta
+from ..core.losses import loss_params
 from ..core.training import TrainConfig, Trainer, TrainingDivergedError
 from . import faults
 from .searcher import NUMBER_KEY
+from .spec import DataSpec, ObjectiveSpec, SweepSpec
 
 TRAINER_FILE = "trainer.pt"
 MODEL_FILE = "model.pt"
@@ -46,48 +49,65 @@ CURVE_FILE = "ber_curve.csv"
 SUMMARY_FILE = "summary.json"
 
 
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one study shares: the validated spec's sections, handed to each trial unchanged
+    (``tune.with_parameters``). The searched values (loss, its parameters, logit scale) come in the
+    trial's ``config``."""
+
+    study: str  # "<spec>-<arch>-<bits>b"
+    arch: str  # model registry name
+    bits: int  # bit width
+    data: DataSpec  # the data set
+    train: TrainConfig  # training settings (device may be "auto": resolved in the trial)
+    objective: ObjectiveSpec  # how ber_acc is measured
+    sweep: SweepSpec  # the final BER curve (holds objective.target_ber: the spec validated it)
+    cpus: float  # CPUs per trial: torch's thread count
+
+
 def _device(requested: str) -> str:
+    """``requested``, or for ``"auto"``: CUDA when this trial was given a GPU (in a Ray worker: Ray's GPU
+    ids, and ``CUDA_VISIBLE_DEVICES``, which Ray empties for a trial without GPUs) or, outside Ray, when
+    torch sees one; else the CPU. Never starts Ray (``ray.get_gpu_ids()`` would, outside a worker)."""
     if requested != "auto":
         return requested
-    try:
-        import ray
+    if not torch.cuda.is_available():
+        return "cpu"
+    import ray
 
-        if ray.get_gpu_ids() and torch.cuda.is_available():
-            return "cuda"
-    except Exception:
-        pass
-    return "cuda" if torch.cuda.is_available() and os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu"
+    if not ray.is_initialized():
+        return "cuda"
+    if ray.get_gpu_ids():
+        return "cuda"
+    return "cuda" if os.environ.get("CUDA_VISIBLE_DEVICES", "") != "" else "cpu"
 
 
-def trial_spec(config: dict[str, Any], context: dict[str, Any]) -> TrialSpec:
-    """The :class:`TrialSpec` of a trial: fixed ``context`` (arch, bits, data, train) + searched ``config``."""
-    train = dict(context["train"])
-    train["device"] = _device(train.get("device", "auto"))
-    data = context["data"]
+def trial_spec(config: dict[str, Any], context: TrialContext) -> TrialSpec:
+    """The :class:`TrialSpec` of a trial: the study's ``context`` + the searched ``config`` (``loss``, the
+    parameters that loss takes, ``logit_scale``)."""
+    loss = config["loss"]
+    data = context.data
     return TrialSpec(
-        arch=context["arch"],
-        dataset=data["name"],
-        bits=context["bits"],
-        loss=config["loss"],
-        margin=config.get("margin"),
-        b=config.get("b"),
-        logit_scale=float(config.get("logit_scale", 1.0)),
-        train=TrainConfig(**train),
-        data_root=data.get("root"),
-        split_seed=data.get("split_seed", 0),
-        limit_train=data.get("limit_train"),
-        limit_test=data.get("limit_test"),
+        arch=context.arch,
+        dataset=data.name,
+        bits=context.bits,
+        loss=loss,
+        loss_params={name: config[name] for name in loss_params(loss)},
+        logit_scale=config["logit_scale"],
+        train=replace(context.train, device=_device(context.train.device)),
+        data_root=data.root,
+        split_seed=data.split_seed,
+        limit_train=data.limit_train,
+        limit_test=data.limit_test,
     )
 
 
-def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
+def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable; ``context`` is bound with ``tune.with_parameters``."""
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "Checkpoint successfully created" per epoch
-    cpus = int(context.get("cpus_per_trial", 1) or 1)
-    torch.set_num_threads(max(1, cpus))
+    torch.set_num_threads(max(1, int(context.cpus)))
     spec = trial_spec(config, context)
-    objective = context["objective"]
-    sweep = context["sweep"]
+    objective, sweep = context.objective, context.sweep
     model, loss_fn, data = build(spec)
     trainer = Trainer(model, data.train, loss_fn, spec.train)
     checkpoint = tune.get_checkpoint()
@@ -97,11 +117,10 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
                 torch.load(Path(d) / TRAINER_FILE, map_location=trainer.device, weights_only=True)
             )
     test = cache_batches(data.test, trainer.device)
-    subset_n = objective.get("subset")
+    subset_n = objective.subset
     subset = _first_samples(test, subset_n) if subset_n else None
     epochs = spec.train.epochs
-    every = int(objective.get("every", 1))
-    meta_base = {"search_number": config.get(NUMBER_KEY), "study": context.get("study")}
+    meta_base = {"search_number": config.get(NUMBER_KEY), "study": context.study}
 
     # A trial restored after its last epoch (the driver died before recording it) reports its final result
     # again from the trained weights instead of training further.
@@ -146,21 +165,17 @@ def mcel_trial(config: dict[str, Any], context: dict[str, Any]) -> None:
         # ber_acc is NaN where not measured with the full protocol (the key must be in every result: Tune
         # checks that the searcher's metrics are; NaN is never logged, never reported to a pruner).
         metrics["ber_acc"] = metrics["ber_acc_std"] = float("nan")
-        target, p10 = objective["target_ber"], objective.get("p10")
+        target, p10 = objective.target_ber, objective.p10
         curve = (
-            ber_sweep(trainer.model, test, sweep["bers"], sweep["reps"], objective["seed"], p10=p10)
-            if final
-            else None
+            ber_sweep(trainer.model, test, sweep.bers, sweep.reps, objective.seed, p10=p10) if final else None
         )
-        if final or trainer.epoch % every == 0:
+        if final or trainer.epoch % objective.every == 0:
             use_subset = subset is not None and not final
-            if curve is not None and sweep["reps"] == objective["reps"] and target in sweep["bers"]:
-                result = curve  # the final curve already holds the objective's realizations: same seeds
+            if curve is not None and sweep.reps == objective.reps:
+                result = curve  # the final curve holds target_ber (validated) with the objective's seeds
             else:
                 batches = subset if use_subset else test
-                result = ber_sweep(
-                    trainer.model, batches, [target], objective["reps"], objective["seed"], p10=p10
-                )
+                result = ber_sweep(trainer.model, batches, [target], objective.reps, objective.seed, p10=p10)
             name = f"ber_acc_sub{subset_n}" if use_subset else "ber_acc"
             s = result.at(target)
             metrics[name] = s.mean
@@ -213,13 +228,13 @@ def _trial_dir() -> str | None:
 
 
 def _node_id() -> str:
-    """The Ray node this trial runs on (reported so users and tests can see placement)."""
-    try:
-        import ray
+    """The Ray node this trial runs on (reported so users and tests can see placement); ``"local"``
+    outside Ray (asking Ray's runtime context there would start a Ray instance)."""
+    import ray
 
-        return ray.get_runtime_context().get_node_id()
-    except Exception:
+    if not ray.is_initialized():
         return "local"
+    return ray.get_runtime_context().get_node_id()
 
 
 def _first_samples(batches: list, n: int) -> list:

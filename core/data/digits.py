@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from .registry import DatasetBundle, make_bundle, register_dataset
 
@@ -27,8 +25,12 @@ def load_digits_dataset(
     """Digits, 1x8x8: pixels 0..16 scaled to [0, 1], then normalized; stratified split by ``split_seed``.
 
     With the default ``test_fraction`` 0.2: 1,437 train / 360 test images. ``root`` and ``download`` are
-    unused (the data ship inside scikit-learn).
+    unused (the data ship inside scikit-learn). scikit-learn is imported here, not with the module: it
+    pulls in pandas, which importing ``mcel_search.core`` must not (``tests/test_layering.py``).
     """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     raw = load_digits()
     images = raw.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), values 0..16
     labels = raw.target.astype(np.int64)

@@ -29,13 +29,15 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from ..errors import BadInputError
+
 #: Environment variable naming the data root.
 DATA_ROOT_ENV = "MCEL_DATA_ROOT"
 #: Root used when neither an argument nor ``MCEL_DATA_ROOT`` gives one.
 DEFAULT_DATA_ROOT = Path("~/.cache/mcel-search/data")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(BadInputError, FileNotFoundError):
     """The files of a data set are missing and downloading was not allowed (or is impossible).
 
     The message says which files were looked for in which directories and how to get them.
@@ -71,7 +73,9 @@ def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
 
     def decorator(fn: DatasetLoader) -> DatasetLoader:
         if name in _DATASETS:
-            raise ValueError(f"data set {name!r} is already registered (by {_DATASETS[name].__qualname__})")
+            raise BadInputError(
+                f"data set {name!r} is already registered (by {_DATASETS[name].__qualname__})"
+            )
         _DATASETS[name] = fn
         return fn
 
@@ -94,7 +98,7 @@ def _check_limit(key: str, value: int | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key}={value!r} is not allowed: it must be None (all) or an integer >= 1")
+        raise BadInputError(f"{key}={value!r} is not allowed: it must be None (all) or an integer >= 1")
     return value
 
 
@@ -126,7 +130,7 @@ def load_dataset(
     try:
         loader = _DATASETS[name]
     except (KeyError, TypeError):
-        raise ValueError(
+        raise BadInputError(
             f"unknown data set {name!r}; known data sets: {', '.join(list_datasets())}"
         ) from None
     kw = {k: v for k, v in kw.items() if v is not None}
@@ -200,7 +204,7 @@ def make_bundle(
     """
     (xtr, ytr), (xte, yte) = train, test
     if xtr.ndim != 4 or xtr.shape[2] != xtr.shape[3]:
-        raise ValueError(f"{name}: expected square images (N, C, H, W), got shape {xtr.shape}")
+        raise BadInputError(f"{name}: expected square images (N, C, H, W), got shape {xtr.shape}")
     mean, std = channel_stats(xtr, scale)
     itr = subset_indices(len(xtr), limit_train, split_seed)
     ite = subset_indices(len(xte), limit_test, split_seed + 1)

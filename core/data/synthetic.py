@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from ..errors import BadInputError
 from .registry import DatasetBundle, make_bundle, register_dataset
 
 
@@ -58,9 +59,9 @@ def load_synthetic(
         "in_channels": in_channels,
     }.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"synthetic: {key}={value!r} must be an integer >= 1")
+            raise BadInputError(f"synthetic: {key}={value!r} must be an integer >= 1")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"synthetic: num_classes={num_classes!r} must be an integer >= 2")
+        raise BadInputError(f"synthetic: num_classes={num_classes!r} must be an integer >= 2")
     rng = np.random.default_rng(seed)
     prototypes = rng.choice([-1.0, 1.0], size=(num_classes, in_channels, image_size, image_size))
     common = dict(

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import BadInputError
 from .registry import (
     DatasetBundle,
     DatasetNotFoundError,
@@ -150,7 +151,7 @@ def load_imagenette(
     base = resolve_data_root(root)
     stem = {"160px": "imagenette2-160", "320px": "imagenette2-320", "full": "imagenette2"}
     if size not in stem:
-        raise ValueError(f"imagenette: size={size!r} is not one of {sorted(stem)}")
+        raise BadInputError(f"imagenette: size={size!r} is not one of {sorted(stem)}")
     folders = [base / stem[size] / "train", base / stem[size] / "val"]
 
     def fetch() -> None:

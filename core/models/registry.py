@@ -18,6 +18,8 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import BadInputError
+
 #: Bit widths every architecture supports: 2-, 4-, 8-bit QNNs and 32-bit float.
 QNN_BITS: tuple[int, ...] = (2, 4, 8, 32)
 #: Bit widths of architectures that also have a binary (BNN) variant.
@@ -73,7 +75,7 @@ def get_model_spec(name: str) -> ModelSpec:
     try:
         return _MODELS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
+        raise BadInputError(f"unknown model {name!r}; known models: {', '.join(list_models())}") from None
 
 
 def supported_bits(name: str) -> tuple[int, ...]:
@@ -89,7 +91,7 @@ def check_model_bits(name: str, bits: int) -> None:
         if bits == 1:
             binary = [n for n in list_models() if 1 in _MODELS[n].bits]
             hint = f"; binary (bits=1) networks exist only for {', '.join(binary)}"
-        raise ValueError(
+        raise BadInputError(
             f"model {name!r} does not support bits={bits!r}: it supports bits in "
             f"{{{', '.join(map(str, spec.bits))}}}{hint}"
         )
@@ -123,7 +125,7 @@ def create_model(
     """
     spec = get_model_spec(name)
     if bits is None:
-        raise ValueError(f"create_model({name!r}) needs bits, one of {spec.bits}")
+        raise BadInputError(f"create_model({name!r}) needs bits, one of {spec.bits}")
     check_model_bits(name, bits)
     given = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     given["logit_scale"] = logit_scale
@@ -131,9 +133,11 @@ def create_model(
     for key in ("num_classes", "in_channels", "image_size"):
         value = kwargs[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{key}={value!r} is not allowed for model {name!r}: it must be an integer >= 1")
+            raise BadInputError(
+                f"{key}={value!r} is not allowed for model {name!r}: it must be an integer >= 1"
+            )
     if kwargs["num_classes"] < 2:
-        raise ValueError(
+        raise BadInputError(
             f"num_classes={kwargs['num_classes']} is not allowed: a classifier needs >= 2 classes"
         )
     model = spec.builder(bits=bits, **kwargs)
@@ -147,8 +151,8 @@ def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:
     try:
         name = config.pop("name")
     except KeyError:
-        raise ValueError(f"model config {config!r} has no 'name'") from None
+        raise BadInputError(f"model config {config!r} has no 'name'") from None
     unknown = set(config) - {"bits", *_DEFAULTS}
     if unknown:
-        raise ValueError(f"model config has unknown keys {sorted(unknown)}")
+        raise BadInputError(f"model config has unknown keys {sorted(unknown)}")
     return create_model(name, **config)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..errors import BadInputError
 from ..layers import QuantLinear
 from .base import QuantClassifier, conv_bn, linear_bn
 from .registry import BNN_QNN_BITS, register_model
@@ -43,7 +44,7 @@ def _build_vgg(
             size //= 2
             if size < 1:
                 pools = sum(1 for c in convs if c == "M")
-                raise ValueError(
+                raise BadInputError(
                     f"model {arch!r} cannot take image_size={image_size}: its {pools} max-pools of 2 need "
                     f"image_size >= {2**pools}"
                 )

@@ -260,6 +260,44 @@ def test_margins_summary(tmp_path):
         plots.plot_margins({"r": {"mean": 1.0, "median": 0.9}}, None, tmp_path / "bad.png")
 
 
+# ------------------------------------------------------------------------------------------------ saving
+
+
+def test_save_writes_through_atomic_write(tmp_path, monkeypatch, curves):
+    calls = []
+    real = plots.atomic_write
+
+    def spy(path, *args, **kwargs):
+        calls.append((Path(path), args, kwargs))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "atomic_write", spy)
+    path = tmp_path / "a" / "b" / "ber.png"
+    plots.plot_ber_curves(curves, None, path)
+    assert [c[0] for c in calls] == [path]
+    assert_png(path)
+
+
+def test_save_failure_keeps_the_old_file_and_leaves_no_tmp(tmp_path, monkeypatch, curves):
+    path = tmp_path / "ber.png"
+    plots.plot_ber_curves(curves, None, path)
+    before = path.read_bytes()
+    saved = []
+
+    def broken_savefig(self, fh, **kwargs):
+        saved.append(self)
+        assert self.axes  # the figure was drawn
+        fh.write(b"\x89PNG half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(plots.Figure, "savefig", broken_savefig)
+    with pytest.raises(OSError, match="disk full"):
+        plots.plot_ber_curves(curves, None, path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ber.png"]
+    assert len(saved) == 1 and not saved[0].axes  # the figure is freed (cleared) on failure too
+
+
 # ---------------------------------------------------------------------------------------------- layering
 
 

@@ -18,7 +18,11 @@ from mcel_search.core.training import TrainConfig
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("ckpt")
     spec = TrialSpec(
-        arch="small_cnn", loss="mcel", margin=2.0, b=4.0, bits=4, train=TrainConfig(epochs=2, batch_size=64)
+        arch="small_cnn",
+        loss="mcel",
+        loss_params={"margin": 2.0, "b": 4.0},
+        bits=4,
+        train=TrainConfig(epochs=2, batch_size=64),
     )
     return run_trial(spec, out_dir=out), out
 

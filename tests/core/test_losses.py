@@ -92,7 +92,7 @@ def test_reductions_are_consistent(name: str) -> None:
     g = torch.Generator().manual_seed(3)
     z = torch.randn(16, 10, generator=g)
     y = torch.randint(0, 10, (16,), generator=g)
-    params = {"mcel": {"margin": 2.0, "b": 4.0}, "mhl": {"b": 1.0}, "cel": {}}[name]
+    params = {"mcel": {"margin": 2.0, "b": 4.0}, "mhl": {"mhl_margin": 1.0}, "cel": {}}[name]
     none = create_loss(name, reduction="none", **params)(z, y)
     assert none.shape == (16,)
     assert torch.allclose(create_loss(name, reduction="sum", **params)(z, y), none.sum())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -33,7 +35,7 @@ def test_digits_4bit_reaches_90_percent(loss: str) -> None:
         dataset="digits",
         bits=4,
         loss=loss,
-        **params,
+        loss_params=params,
         train=TrainConfig(epochs=8, batch_size=64),
     )
     result = run_trial(spec)
@@ -93,7 +95,7 @@ def test_same_seed_same_model_and_resume_equals_uninterrupted() -> None:
     assert [h.train_loss for h in full.history] == [h.train_loss for h in resumed.history]
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.5**3)
     other = fresh(1)
-    other.config.seed = 6
+    other.config = replace(other.config, seed=6)
     other.fit()
     assert other.history[0].train_loss != full.history[0].train_loss
 

@@ -253,8 +253,8 @@ def assert_one_line(status: int, lines: list[str], err: str, needles: list[str])
 def test_valid_base_spec_passes(env: Env, capsys: pytest.CaptureFixture) -> None:
     """The control: the spec every case breaks is valid and passes the preflight checks, so each case
     fails because of its one bad field."""
-    from mcel_search.search.runner import preflight, resolve_storage_path
-    from mcel_search.search.spec import load_spec
+    from mcel_search.search.preflight import preflight, resolve_storage_path
+    from mcel_search.search.spec_file import load_spec
 
     path = env.write(env.spec())
     assert cli.main(["search", path, "--dry-run"]) == 0
@@ -428,13 +428,15 @@ def catalog_size() -> int:
 
 
 @pytest.mark.parametrize("error", ["StorageFaultError", "TrackingUnavailableError"])
-def test_search_stopped_by_its_environment_exits_1_with_one_line(
+def test_search_stopped_by_its_environment_exits_3_with_one_line(
     error: str, env: Env, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Not bad input but a full disk or a tracking server down too long: status 1, one line, no traceback."""
+    """Not bad input but a full disk or a tracking server down too long: status 3, one line, no traceback."""
+    from mcel_search.core.errors import ResumableError
     from mcel_search.search import runner, tracking
 
     cls = getattr(runner, error, None) or getattr(tracking, error)
+    assert issubclass(cls, ResumableError)
     line = "storage: [Errno 28] No space left on device: '/x/model.pt' — ... rerun with --resume"
 
     def stopped(*args: Any, **kwargs: Any) -> None:
@@ -443,5 +445,40 @@ def test_search_stopped_by_its_environment_exits_1_with_one_line(
     monkeypatch.setattr(runner, "run_search", stopped)
     status = cli.main(["search", env.write(env.spec()), "--quiet"])
     err = capsys.readouterr().err
-    assert status == cli.EXIT_RESUMABLE == 1
+    assert status == cli.EXIT_RESUMABLE == 3
     assert err.strip().splitlines() == [f"mcel: error: {line}"]
+
+
+@pytest.mark.parametrize(
+    "exc", [ValueError("operands could not be broadcast"), ZeroDivisionError("division")]
+)
+def test_an_exception_that_is_not_ours_is_a_bug_not_bad_input(
+    exc: Exception, env: Env, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain ValueError (say, from numpy) is no longer read as bad input: exit 1, one line saying bug."""
+    from mcel_search.search import runner
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise exc
+
+    monkeypatch.setattr(runner, "run_search", broken)
+    status = cli.main(["search", env.write(env.spec()), "--quiet"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == cli.EXIT_BUG == 1
+    assert len(lines) == 1 and lines[0].startswith("mcel: error: internal error (a bug"), lines
+    assert type(exc).__name__ in lines[0] and "--debug" in lines[0]
+    assert cli.main(["--debug", "search", env.write(env.spec()), "--quiet"]) == 1
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
+
+
+def test_every_spec_error_is_printed_one_line_each(env: Env, capsys: pytest.CaptureFixture) -> None:
+    spec = env.spec()
+    spec["train"] = {**spec["train"], "epochs": 0, "lr": -1}
+    spec["objective"] = {"target_ber": 2.0}
+    spec["bits"] = [3]
+    status = cli.main(["search", env.write(spec), "--dry-run"])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert status == 2
+    assert len(lines) == 4 and all(line.startswith("mcel: error: ") for line in lines), lines
+    for field in ("bits[0]", "train.epochs", "train.lr", "objective.target_ber"):
+        assert sum(field in line for line in lines) == 1, (field, lines)

@@ -9,11 +9,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from mcel_search.search import runner
-from mcel_search.search.spec import parse_spec, redact_credentials
+from mcel_search.search.redact import redact_credentials
+from mcel_search.search.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Product code and docs a user copies commands from (tests excluded: their servers are test fixtures).
 PRODUCT_FILES = [
+    *sorted((ROOT / "mcel_search").glob("*.py")),
     *sorted((ROOT / "search").glob("*.py")),
     *sorted((ROOT / "core").rglob("*.py")),
     *sorted((ROOT / "analysis").rglob("*.py")),
@@ -48,7 +50,7 @@ def test_every_server_command_we_ship_binds_to_loopback_or_the_private_address()
             hosts = _HOST_RE.findall(m.group(0))
             found.append((path.name, m.group(0)))
             # no --host: mlflow's default is 127.0.0.1; $HEAD_IP is the head's private address (the cluster
-            # file checks in search/cluster.py verify it)
+            # file checks in mcel_search/cluster.py verify it)
             assert all(h in ("127.0.0.1", "$HEAD_IP") for h in hosts), (path, m.group(0))
         for m in re.finditer(r"dashboard[-_]host\s*=\s*[\"']?([\w.${}]+)", text):
             found.append((path.name, m.group(0)))

@@ -14,17 +14,16 @@ import pytest
 import yaml
 
 import mcel_search.search.spec
+from mcel_search.search.optuna_options import create_pruner, create_sampler
 from mcel_search.search.spec import (
     ParamSpace,
     SearchSpec,
     SpecError,
-    create_pruner,
-    create_sampler,
     flatten,
-    load_spec,
     parse_spec,
     spec_to_dict,
 )
+from mcel_search.search.spec_file import load_spec
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 CONFIGS = sorted([*CONFIG_DIR.glob("*.yaml"), *CONFIG_DIR.glob("paper/*.yaml")])
@@ -178,6 +177,7 @@ def test_space_forms_and_round_trip() -> None:
         {
             "space.margin": {"uniform": [0, 32]},
             "space.b": {"loguniform": [2, 64]},
+            "space.mhl_margin": {"choice": [4, 8]},
             "space.logit_scale": {"choice": [0.5, 1.0]},
             "losses": ["mcel", "mhl"],
             "pruner": {"name": "sha", "options": {"min_resource": 2}, "patience": 1},

@@ -1,5 +1,8 @@
 """Our own rules for the Ray cluster launcher configs (``cluster.yaml`` for AWS, ``cluster-gcp.yaml`` for GCP).
 
+A tool for operators, run before ``ray up`` (``python -m mcel_search.cluster cluster.yaml``); nothing in a
+running search imports it.
+
 Ray's schema (``ray.autoscaler._private.util.validate_config``) checks that a config is well formed; these
 rules check what makes it right *for this project*, offline, without a cloud:
 
@@ -35,6 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .core.errors import BadInputError
 
 #: Placeholders a user must replace: ``YOUR-BUCKET``, ``YOUR-AMI-ID``, ``YOUR-ACCOUNT-ID``, ``YOUR-PROJECT-ID``.
 PLACEHOLDER_RE = re.compile(r"\bYOUR-[A-Z0-9]+(?:-[A-Z0-9]+)*")
@@ -121,7 +126,7 @@ _RAY_PIN_RE = re.compile(r"\bray(?:\[[^\]]*\])?==(?P<version>[0-9][\w.]*)")
 _BUCKET_RE = re.compile(r"\b(?:s3|s3a|gs|gcs)://(?P<bucket>[^/\s'\"]+)")
 
 
-class ClusterConfigError(ValueError):
+class ClusterConfigError(BadInputError):
     """A cluster config file could not be read as a YAML mapping."""
 
 
@@ -549,7 +554,7 @@ def iter_problems(paths: Iterable[str | Path], *, ray_version: str | None = None
             yield f"{path}: {problem}"
 
 
-if __name__ == "__main__":  # python -m mcel_search.search.cluster cluster.yaml cluster-gcp.yaml
+if __name__ == "__main__":  # python -m mcel_search.cluster cluster.yaml cluster-gcp.yaml
     import sys
 
     found = list(iter_problems(sys.argv[1:] or ["cluster.yaml", "cluster-gcp.yaml"]))

@@ -5,7 +5,7 @@
   SDK, credentials or network (the cloud-touching step, ``bootstrap_config``, is not called).
 * Every shell command parses (``bash -n``); every ``ray start`` / ``mlflow server`` flag exists in the
   installed Ray and MLflow command lines.
-* Our rules (``search.cluster.check_cluster_config``): the real files have no problem, and each mutated
+* Our rules (``mcel_search.cluster.check_cluster_config``): the real files have no problem, and each mutated
   copy produces the problem of the rule it breaks.
 * docs/cluster.md: it names every placeholder of the files, its ``ray`` and ``mcel`` commands parse with
   the real command lines, and its spec overlay on ``configs/paper/vgg3-fashionmnist.yaml`` is a valid spec whose
@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mcel_search.search.cluster import (
+from mcel_search.cluster import (
     ALL_INTERFACES,
     check_cluster_config,
     check_cluster_file,
@@ -36,7 +36,7 @@ from mcel_search.search.cluster import (
     trials_per_node,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FILES = {"aws": ROOT / "cluster.yaml", "gcp": ROOT / "cluster-gcp.yaml"}
 DOCS = ROOT / "docs" / "cluster.md"
 PAPER_SPEC = ROOT / "configs" / "paper" / "vgg3-fashionmnist.yaml"
@@ -96,7 +96,7 @@ def test_ray_schema_rejects_broken_copies(mutate: Callable[[dict], Any]) -> None
 
 
 def _commands(cfg: dict[str, Any]) -> list[str]:
-    from mcel_search.search.cluster import all_commands
+    from mcel_search.cluster import all_commands
 
     return all_commands(cfg)
 
@@ -472,7 +472,7 @@ def test_docs_mcel_commands_parse() -> None:
 
 
 def test_docs_spec_overlay_is_a_valid_cluster_spec(tmp_path: Path) -> None:
-    from mcel_search.search.spec import load_spec
+    from mcel_search.search.spec_file import load_spec
 
     (overlay,) = [
         b for b in re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S) if "storage:" in b

@@ -1,0 +1,179 @@
+"""Checks that run before a search starts anything: what the spec cannot know on its own.
+
+:func:`preflight` checks that the storage path can be written, the tracking store is usable (a writable
+SQLite/file directory, or a server that accepts a connection within :data:`PREFLIGHT_TIMEOUT_S`), the
+data files are there and no search of the same name is in the way. A problem is one
+:class:`PreflightError` (or :class:`SearchStateError`) line naming the field, the value and what is
+allowed; nothing has been started or written when it is raised.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from ..core.errors import BadInputError
+from .redact import redact_credentials
+from .spec import SearchSpec
+
+
+class SearchStateError(BadInputError):
+    """An existing run in the way (without --resume), or nothing to resume."""
+
+
+class PreflightError(BadInputError):
+    """The environment cannot run the spec (storage, tracking server, data); one line: field, value, allowed."""
+
+
+#: Seconds a preflight connection to the tracking server (or an RDB) may take.
+PREFLIGHT_TIMEOUT_S = 5.0
+_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306}
+
+
+def resolve_storage_path(path: str) -> str:
+    """Absolute local path, or the URI unchanged for remote storage (``s3://``, ``gs://``...)."""
+    if "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def resolve_tracking_uri(uri: str) -> str:
+    """Make ``sqlite:///relative.db`` absolute so Ray workers and later commands find the same store."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return uri
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_writable_dir(field_name: str, value: str, directory: Path) -> None:
+    """``directory`` exists as a writable directory or can be created (its nearest existing ancestor is one)."""
+    allowed = "a directory this user can write to (created if missing)"
+    base = _nearest_existing(directory)
+    if not base.is_dir():
+        raise PreflightError(
+            f"{field_name}: {value!r} — not writable: {str(base)!r} is a file, not a directory; allowed: {allowed}"
+        )
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise PreflightError(
+            f"{field_name}: {value!r} — not writable: no write permission on {str(base)!r}; allowed: {allowed}"
+        )
+
+
+def _check_reachable(field_name: str, uri: str, what: str) -> None:
+    """A TCP connection to the host and port of ``uri`` opens within :data:`PREFLIGHT_TIMEOUT_S`."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0].lower()
+    try:
+        host, port = parts.hostname, parts.port or _DEFAULT_PORTS.get(scheme)
+    except ValueError:
+        host, port = None, None
+    shown = redact_credentials(uri)
+    if not host or not port:
+        raise PreflightError(f"{field_name}: {shown!r} — no host and port in it; allowed: {what}")
+    start = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=PREFLIGHT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
+        raise PreflightError(
+            f"{field_name}: {shown!r} — unreachable ({reason} after {time.monotonic() - start:.1f}s); "
+            f"allowed: {what}"
+        ) from None
+
+
+def _check_db_url(field_name: str, url: str, what: str) -> None:
+    scheme = url.split(":", 1)[0].split("+")[0].lower()
+    if scheme == "sqlite":
+        db = Path(url.split(":///", 1)[-1].split("?", 1)[0]).expanduser()
+        _check_writable_dir(field_name, redact_credentials(url), db.resolve().parent)
+    elif scheme in ("postgresql", "mysql"):
+        _check_reachable(field_name, url, what)
+
+
+def _check_data(spec: SearchSpec) -> None:
+    """The data set loads in the driver (a local Ray instance shares its file system with the trials)."""
+    from ..core.data import load_dataset
+    from ..core.data.registry import DATA_ROOT_ENV, DatasetNotFoundError, resolve_data_root
+
+    d = spec.data
+    try:
+        load_dataset(d.name, root=d.root, split_seed=d.split_seed, limit_train=1, limit_test=1)
+    except DatasetNotFoundError as exc:
+        root = str(resolve_data_root(d.root))
+        field_name = (
+            "dataset.root"
+            if d.root is not None
+            else (DATA_ROOT_ENV if os.environ.get(DATA_ROOT_ENV) else "dataset.root (default)")
+        )
+        first = " ".join(str(exc).split("\n")[0].split())
+        raise PreflightError(
+            f"{field_name}: {root!r} — {first}; allowed: a directory holding the {d.name} files "
+            f"(set dataset.root or {DATA_ROOT_ENV})"
+        ) from None
+
+
+def preflight(
+    spec: SearchSpec, tracking_uri: str, storage_path: str, *, resume: bool = False, check_data: bool = True
+) -> None:
+    """Check, before anything is started or written, that ``spec`` can run here; raise :class:`PreflightError`.
+
+    * ``MCEL_FAULT_INJECT`` (tests) parses;
+    * the local storage path (and the Optuna SQLite file) can be written: its nearest existing ancestor is a
+      writable directory;
+    * the tracking store is usable: a SQLite/file store's directory is writable, an ``http(s)://`` server
+      (or a database) accepts a TCP connection within :data:`PREFLIGHT_TIMEOUT_S` seconds;
+    * the data set's files are there (``check_data``; skipped for a remote Ray cluster, whose workers have
+      their own data root);
+    * without ``resume``, no search of the same name exists under the storage path.
+    """
+    from .faults import FAULT_ENV, parse_faults
+
+    try:
+        parse_faults(os.environ.get(FAULT_ENV))
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
+    tracking_what = (
+        "a reachable MLflow tracking server (is it running? is the SSH tunnel open?) or sqlite:///<file>"
+    )
+    scheme = (
+        tracking_uri.split(":", 1)[0].lower()
+        if "://" in tracking_uri or tracking_uri.startswith("file:")
+        else None
+    )
+    if scheme in ("http", "https"):
+        _check_reachable("tracking.uri", tracking_uri, tracking_what)
+    elif scheme is not None and scheme.split("+")[0] in ("sqlite", "postgresql", "mysql"):
+        _check_db_url("tracking.uri", tracking_uri, tracking_what)
+    elif scheme == "file" or scheme is None:
+        path = tracking_uri[len("file:") :] if scheme == "file" else tracking_uri
+        path = path[2:] if path.startswith("//") else path
+        _check_writable_dir("tracking.uri", tracking_uri, Path(path).expanduser().resolve())
+    if "://" not in storage_path:
+        _check_writable_dir("storage.path", storage_path, Path(storage_path))
+    if spec.storage.optuna:
+        _check_db_url(
+            "storage.optuna", spec.storage.optuna, "a writable sqlite:///<file> or a reachable database"
+        )
+    if check_data:
+        _check_data(spec)
+    if not resume and "://" not in storage_path:
+        from ray import tune
+
+        for arch, bits in spec.studies():
+            study = spec.study_name(arch, bits)
+            for name in (study, f"{study}-baseline"):
+                if tune.Tuner.can_restore(str(Path(storage_path) / name)):
+                    raise SearchStateError(
+                        f"storage.path: {storage_path!r} — a search named {name!r} already exists there; "
+                        "allowed: --resume to continue it, or another spec name or storage path"
+                    )

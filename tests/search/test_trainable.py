@@ -1,0 +1,297 @@
+"""search/trainable.py without Ray: ``trial_spec`` maps a searched config onto a ``TrialSpec``, and
+``mcel_trial`` runs in-process on a tiny digits setup with Ray Tune's session calls replaced by fakes that
+record every report and copy its checkpoint directory (a temporary directory the trial deletes)."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+import torch
+from ray.tune import Checkpoint
+
+import mcel_search.search.trainable as trainable
+from mcel_search.core.checkpoint import load_checkpoint
+from mcel_search.core.training import TrainingDivergedError
+from mcel_search.search.runner import _context
+from mcel_search.search.searcher import NUMBER_KEY
+from mcel_search.search.spec import parse_spec
+from mcel_search.search.trainable import (
+    CURVE_FILE,
+    MODEL_FILE,
+    SUMMARY_FILE,
+    TRAINER_FILE,
+    TrialContext,
+    mcel_trial,
+    trial_spec,
+)
+
+SPEC: dict[str, Any] = {
+    "name": "t",
+    "dataset": {"name": "digits", "split_seed": 3, "limit_train": 200, "limit_test": 100},
+    "architectures": ["small_cnn"],
+    "bits": [4],
+    "losses": ["cel", "mcel", "mhl"],
+    "space": {"margin": {"choice": [1, 2]}, "b": {"choice": [4, 8]}, "mhl_margin": {"choice": [16, 32]}},
+    "train": {"epochs": 2, "batch_size": 64, "step_size": 1, "gamma": 0.5},  # device: auto (the default)
+    "objective": {"target_ber": 0.01, "reps": 2, "every": 2},
+    "sweep": {"bers": [0, 0.01], "reps": 2},
+    "trials_per_arch": 2,
+}
+MCEL = {"loss": "mcel", "margin": 2.0, "b": 8.0, "logit_scale": 1.0, NUMBER_KEY: 7}
+
+
+def context_of(changes: dict[str, Any] | None = None) -> TrialContext:
+    data = copy.deepcopy(SPEC)
+    data.update(changes or {})
+    return _context(parse_spec(data), "small_cnn", 4)
+
+
+@pytest.fixture(autouse=True)
+def no_ray_autostart() -> None:
+    """Outside a Ray worker the trainable must not start Ray: ``ray.get_gpu_ids()`` and
+    ``ray.get_runtime_context()`` would start a local instance (seconds, and processes), so
+    ``trainable._device`` and ``trainable._node_id`` ask ``ray.is_initialized()`` first. Checked here."""
+    was_running = ray.is_initialized()
+    yield
+    assert ray.is_initialized() == was_running
+
+
+@pytest.fixture()
+def no_cuda(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+# ------------------------------------------------------------------------------------------ trial_spec
+
+
+def test_context_holds_the_spec_sections() -> None:
+    context = context_of()
+    assert context.study == "t-small_cnn-4b"
+    assert (context.arch, context.bits, context.cpus) == ("small_cnn", 4, 1.0)
+    assert context.train.epochs == 2 and context.train.device == "auto"
+    assert context.objective.every == 2 and context.sweep.bers == (0.0, 0.01)
+
+
+@pytest.mark.parametrize(
+    "config, params",
+    [
+        (MCEL, {"margin": 2.0, "b": 8.0}),
+        ({"loss": "mhl", "mhl_margin": 32.0, "logit_scale": 0.5}, {"mhl_margin": 32.0}),
+        ({"loss": "cel", "logit_scale": 2.0}, {}),
+        # keys of another loss (a stale config) are not passed on: create_loss would refuse them
+        (
+            {"loss": "mhl", "mhl_margin": 16.0, "margin": 4.0, "b": 4.0, "logit_scale": 1.0},
+            {"mhl_margin": 16.0},
+        ),
+    ],
+    ids=["mcel", "mhl", "cel", "mhl-with-stale-keys"],
+)
+def test_trial_spec_maps_the_loss_and_its_parameters(no_cuda, config: dict, params: dict) -> None:
+    context = context_of()
+    spec = trial_spec(config, context)
+    assert spec.loss == config["loss"]
+    assert dict(spec.loss_params) == params
+    assert spec.logit_scale == config["logit_scale"]
+    assert (spec.arch, spec.bits, spec.dataset) == ("small_cnn", 4, "digits")
+    assert (spec.split_seed, spec.limit_train, spec.limit_test, spec.data_root) == (3, 200, 100, None)
+    # the spec's train config, with "auto" resolved: no GPU here
+    assert spec.train == replace(context.train, device="cpu")
+    assert (spec.train.epochs, spec.train.batch_size, spec.train.step_size) == (2, 64, 1)
+
+
+def test_trial_spec_requires_the_parameters_of_its_loss(no_cuda) -> None:
+    with pytest.raises(KeyError, match="b"):
+        trial_spec({"loss": "mcel", "margin": 2.0, "logit_scale": 1.0}, context_of())
+
+
+def test_device_auto_and_explicit(monkeypatch, no_cuda) -> None:
+    assert trial_spec(MCEL, context_of({"train": {**SPEC["train"], "device": "auto"}})).train.device == "cpu"
+    assert trial_spec(MCEL, context_of({"train": {**SPEC["train"], "device": "cpu"}})).train.device == "cpu"
+    # an explicit device is passed through unresolved
+    explicit = context_of({"train": {**SPEC["train"], "device": "cuda:1"}})
+    assert trial_spec(MCEL, explicit).train.device == "cuda:1"
+    # auto with a visible CUDA device picks it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert trial_spec(MCEL, context_of()).train.device == "cuda"
+
+
+# ------------------------------------------------------------------------------------------ mcel_trial
+
+
+@dataclass
+class Report:
+    metrics: dict[str, Any]
+    files: dict[str, Path]  # checkpoint file name -> its copy
+
+
+class FakeTune:
+    """What ``mcel_trial`` calls on ``ray.tune`` inside a session: ``report`` (recorded, checkpoint copied),
+    ``get_checkpoint`` (``resume_from`` or None) and ``Checkpoint`` (the real class: it only wraps a path).
+    ``get_context`` raises as outside a session: the trainable's ``_trial_dir`` guards it (``_node_id``
+    guards ``ray.get_runtime_context``, which raises once Ray's auto-start is off: ``no_ray_autostart``)."""
+
+    def __init__(self, out: Path, resume_from: Path | None = None) -> None:
+        self.out = out
+        self.resume_from = resume_from
+        self.reports: list[Report] = []
+        self.Checkpoint = Checkpoint
+
+    def get_checkpoint(self) -> Checkpoint | None:
+        return None if self.resume_from is None else Checkpoint.from_directory(str(self.resume_from))
+
+    def get_context(self) -> Any:
+        raise RuntimeError("not in a Tune session")
+
+    def report(self, metrics: dict[str, Any], *, checkpoint: Checkpoint | None = None) -> None:
+        files: dict[str, Path] = {}
+        if checkpoint is not None:
+            dest = self.out / f"report{len(self.reports)}"
+            shutil.copytree(checkpoint.path, dest)
+            files = {p.name: p for p in dest.iterdir()}
+        self.reports.append(Report(copy.deepcopy(metrics), files))
+
+
+def run_trial(
+    monkeypatch: pytest.MonkeyPatch,
+    out: Path,
+    config: dict,
+    context: TrialContext,
+    resume_from: Path | None = None,
+) -> list[Report]:
+    fake = FakeTune(out, resume_from)
+    monkeypatch.setattr(trainable, "tune", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # device auto -> cpu on any machine
+    monkeypatch.delenv("MCEL_FAULT_INJECT", raising=False)
+    threads = torch.get_num_threads()  # mcel_trial sets torch's thread count to context.cpus: restore it
+    try:
+        mcel_trial(config, context)
+    finally:
+        torch.set_num_threads(threads)
+    return fake.reports
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> list[Report]:
+    """One MCEL trial of 2 epochs, ber_acc measured every 2 epochs (so: at the last epoch only)."""
+    was_running = ray.is_initialized()
+    with pytest.MonkeyPatch.context() as mp:  # undone before the tests read the reports
+        out = run_trial(mp, tmp_path_factory.mktemp("trial"), MCEL, context_of())
+    assert ray.is_initialized() == was_running
+    return out
+
+
+def test_one_report_per_epoch_and_only_the_last_is_final(reports: list[Report]) -> None:
+    assert [r.metrics["epoch"] for r in reports] == [1, 2]
+    assert [r.metrics.get("final", False) for r in reports] == [False, True]
+    for r in reports:
+        m = r.metrics
+        assert m["start_epoch"] == 0 and m["node_id"] == "local"
+        assert 0.0 <= m["clean_acc"] <= 1.0 and 0.0 <= m["train_acc"] <= 1.0
+        assert math.isfinite(m["train_loss"]) and math.isfinite(m["mlm"]) and m["search_wait_s"] >= 0.0
+        assert {TRAINER_FILE, MODEL_FILE} <= set(r.files)
+    # StepLR with step_size 1, gamma 0.5: the lr of epoch 2 is half that of epoch 1
+    assert reports[1].metrics["lr"] == pytest.approx(reports[0].metrics["lr"] * 0.5)
+    assert reports[1].metrics["search_wait_s"] > 0.0  # the first epoch's checkpoint write and report
+
+
+def test_ber_acc_is_nan_where_not_measured(reports: list[Report]) -> None:
+    first, last = reports[0].metrics, reports[1].metrics
+    assert math.isnan(first["ber_acc"]) and math.isnan(first["ber_acc_std"])  # epoch 1 % every(2) != 0
+    assert "ber_acc_min" not in first
+    assert 0.0 <= last["ber_acc"] <= 1.0 and math.isfinite(last["ber_acc_std"])
+    assert last["ber_acc_min"] <= last["ber_acc"]
+
+
+def test_final_checkpoint_holds_curve_summary_and_model(reports: list[Report]) -> None:
+    first, last = reports
+    assert CURVE_FILE not in first.files and SUMMARY_FILE not in first.files
+    assert {CURVE_FILE, SUMMARY_FILE, MODEL_FILE, TRAINER_FILE} <= set(last.files)
+
+    with last.files[CURVE_FILE].open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(float(r["ber"]), int(r["rep"])) for r in rows] == [(0.0, 0), (0.0, 1), (0.01, 0), (0.01, 1)]
+    at_zero = [float(r["accuracy"]) for r in rows if float(r["ber"]) == 0.0]
+    # no flips: the clean accuracy, each time
+    assert at_zero == pytest.approx([last.metrics["clean_acc"]] * 2)
+
+    summary = json.loads(last.files[SUMMARY_FILE].read_text())
+    records = summary["objective_records"]
+    assert len(records) == 2 and [r["rep"] for r in records] == [0, 1]
+    accs = [r["accuracy"] for r in records]
+    assert last.metrics["ber_acc"] == pytest.approx(sum(accs) / len(accs))
+    assert last.metrics["ber_acc_min"] == pytest.approx(min(accs))
+    assert [float(r["accuracy"]) for r in rows if float(r["ber"]) == 0.01] == pytest.approx(accs)
+    assert [s["ber"] for s in summary["ber_curve"]] == [0.0, 0.01]
+    assert len(summary["history"]) == 2
+    assert summary["metrics"]["clean_acc"] == last.metrics["clean_acc"]
+    assert any(k.startswith("test_margin_") for k in last.metrics)
+
+    model, payload = load_checkpoint(last.files[MODEL_FILE])
+    assert payload["model"]["name"] == "small_cnn" and payload["model"]["bits"] == 4
+    assert payload["loss"] == {"name": "mcel", "margin": 2.0, "b": 8.0}
+    assert payload["metrics"]["search_number"] == MCEL[NUMBER_KEY]
+    assert payload["metrics"]["epoch"] == 2 and payload["metrics"]["ber_acc"] == last.metrics["ber_acc"]
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_ber_acc_measured_every_epoch_with_separate_objective_reps(monkeypatch, tmp_path) -> None:
+    # every=1: epoch 1 is measured too; sweep.reps (3) != objective.reps (2): the objective has its own pass
+    context = context_of(
+        {
+            "train": {**SPEC["train"], "epochs": 1},
+            "objective": {**SPEC["objective"], "every": 1},
+            "sweep": {"bers": [0.01], "reps": 3},
+        }
+    )
+    (only,) = run_trial(monkeypatch, tmp_path, {"loss": "cel", "logit_scale": 1.0}, context)
+    assert only.metrics["final"] is True and 0.0 <= only.metrics["ber_acc"] <= 1.0
+    summary = json.loads(only.files[SUMMARY_FILE].read_text())
+    accs = [r["accuracy"] for r in summary["objective_records"]]
+    assert len(accs) == 2
+    assert only.metrics["ber_acc"] == pytest.approx(sum(accs) / 2)
+    assert summary["ber_curve"][0]["reps"] == 3
+
+
+def test_resumes_from_a_checkpoint_and_replays_a_final_one(
+    monkeypatch, tmp_path, reports: list[Report]
+) -> None:
+    first, last = reports
+    epoch1 = first.files[TRAINER_FILE].parent
+    (resumed,) = run_trial(monkeypatch, tmp_path / "resumed", MCEL, context_of(), resume_from=epoch1)
+    assert resumed.metrics["start_epoch"] == 1 and resumed.metrics["epoch"] == 2
+    assert resumed.metrics["final"] is True and SUMMARY_FILE in resumed.files
+    # resuming is exact: the same weights as the uninterrupted run (same shuffling, same optimizer state)
+    for key in ("clean_acc", "ber_acc", "train_loss", "lr"):
+        assert resumed.metrics[key] == pytest.approx(last.metrics[key]), key
+
+    # restored after its last epoch: the final result is reported again from the trained weights, untrained
+    final_dir = last.files[TRAINER_FILE].parent
+    (replayed,) = run_trial(monkeypatch, tmp_path / "replayed", MCEL, context_of(), resume_from=final_dir)
+    assert replayed.metrics["start_epoch"] == 2 and replayed.metrics["epoch"] == 2
+    assert replayed.metrics["final"] is True
+    for key in ("clean_acc", "ber_acc", "train_loss", "lr"):
+        assert replayed.metrics[key] == pytest.approx(last.metrics[key]), key
+
+
+def test_divergence_ends_the_trial_with_one_diverged_report(monkeypatch, tmp_path) -> None:
+    def diverge(self):
+        raise TrainingDivergedError(f"training loss is nan at epoch {self.epoch + 1}")
+
+    monkeypatch.setattr(trainable.Trainer, "train_epoch", diverge)
+    (only,) = run_trial(monkeypatch, tmp_path, MCEL, context_of())  # returns: no exception for Tune to retry
+    m = only.metrics
+    assert m["diverged"] is True and m["epoch"] == 1 and "nan at epoch 1" in m["error"]
+    assert "final" not in m and only.files == {}
+    # every metric a searcher or scheduler reads is present (NaN), as Tune demands
+    for key in ("train_loss", "train_acc", "mlm", "clean_acc", "ber_acc", "ber_acc_std"):
+        assert math.isnan(m[key]), key
