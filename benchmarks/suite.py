@@ -104,6 +104,8 @@ NOTES = [
     "not see torch's allocations.",
     "- Search and pruning rows are single runs (a search takes minutes), not medians; their detail says so.",
     "- A failing row is a finding, not a crash: the suite always writes the table; the report says why.",
+    "- One-off dated measurements behind design choices (allocator, flip-engine crossover, pruning, MLflow "
+    "sender, atomic writes) are in [MEASUREMENTS.md](MEASUREMENTS.md); the code's docstrings link there.",
     "- Load: the header gives the load average. Above the core count (other jobs on the machine), every "
     "parallel region of a multi-thread run can stall for a scheduler time slice, which swamps sub-ms "
     "operations (the 0.2 ms copy of 4M codes showed 5-11 ms medians at load 10): trust the 1-thread "

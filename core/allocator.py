@@ -8,12 +8,8 @@ loop of small models frees and reallocates blocks of hundreds of KiB (activation
 when they are unmapped or trimmed, every page of the next allocation is a minor page fault, zeroed by the
 kernel.
 
-Measured 2026-11-28 on a 2-vCPU VM (small_cnn on digits, 2 trials x 40 epochs, one thread, 4 runs each
-way): untuned, a fresh process took 1.42-1.46M minor page faults and 2.0-2.6 s of system time, about 9% of
-the runs' CPU time; tuned, 4-27k faults and 0.00-0.15 s. (Wall times of identical runs scattered over
-20-32 s on that machine, more than the saving.) A Ray Tune trial worker, where the search runs its trials,
-took 1.59M faults and 3.2 s of system time for the same 2 trials, 0.17M and 0.8 s tuned, most of those
-now at start-up (imports).
+For a small CNN's training loop that costs about a tenth of its CPU time in page faults, in a fresh
+process and in a Ray Tune trial worker alike (figures: ``benchmarks/MEASUREMENTS.md``, "allocator").
 
 :func:`tune_cpu_allocator` fixes both thresholds (which also turns the dynamic rule off):
 ``M_MMAP_THRESHOLD`` = 32 MiB (glibc's largest value on 64-bit: blocks below it come from the heap and are
@@ -23,7 +19,7 @@ activations, does not hand it back either). The cost is memory a process keeps a
 returning it: at most 256 MiB per malloc arena above what it uses. Blocks of 32 MiB and more are still
 mapped and unmapped per allocation; their compute dwarfs the faults.
 
-It is applied by :func:`core.experiment.build` (so by every search trial, and by the in-process runs
+It is applied by :func:`mcel_search.core.experiment.build` (so by every search trial, and by the in-process runs
 the search benchmark compares them with) and by the ``mcel`` command for all its subcommands. It does
 nothing, and returns False, off Linux, on a C library without ``mallopt`` (e.g. musl), or when the
 environment variable ``MCEL_TUNE_MALLOC`` is ``0``. Results do not change: only where memory comes from.

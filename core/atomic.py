@@ -20,7 +20,7 @@ def atomic_write(
     ``durable=False`` skips the fsync: the rename still guarantees that ``path`` never holds a partial
     file, but after a power loss it may hold nothing. For files that live only until something else
     copies them (a checkpoint staged in a temporary folder for Ray Tune to persist), where the fsync is
-    pure cost (~1 ms per small file on a local disk, more on network storage).
+    pure cost (``benchmarks/MEASUREMENTS.md``, "atomic writes").
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -50,14 +50,11 @@ __all__ = ["SPARSE_MAX_P", "derive_seed", "flip_bits", "inject_bit_errors"]
 SPARSE_MAX_P: dict[str, float] = {"cpu": 0.25, "cuda": 0.01}
 """Crossover per device type: the sparse algorithm is used when ``max(p01, p10) < SPARSE_MAX_P[type]``.
 
-CPU, measured with ``benchmarks/bench_flips.py --crossover`` (2 threads, 4M codes): the two paths cost the
-same at ``p`` = 0.3-0.35 for 4-bit codes, about 0.3 for 8-bit and 0.5 for binary codes; the sparse path
-is 2x faster at 0.2 (4-bit), 5x at 0.1 and over 100x at 1e-3. (Before the sparse path was sped up the
-crossover was 0.15-0.2.) Above the crossover the sparse path also needs more scratch memory (about
-20 bytes per candidate flip, 40 with asymmetric errors, against 10 bytes per code). CUDA: an estimate,
-not yet measured (no GPU was at hand): a dense pass is bandwidth-bound and cheap there, while the sparse
-path pays ~15 kernel launches and one host synchronisation; re-measure with
-``--device cuda --crossover``. Devices not listed use the ``"cpu"`` value. Both algorithms are exact,
+CPU: where ``benchmarks/bench_flips.py --crossover`` measured the two paths to cost the same for 4-bit
+codes (``benchmarks/MEASUREMENTS.md``, "flip-engine crossover"). Above the crossover the sparse path also
+needs more scratch memory (about 20 bytes per candidate flip, 40 with asymmetric errors, against 10 bytes
+per code). CUDA: an estimate: a dense pass is bandwidth-bound and cheap there, while the sparse path pays
+some 15 kernel launches and one host synchronisation; measure with ``--device cuda --crossover``. Devices not listed use the ``"cpu"`` value. Both algorithms are exact,
 so this affects speed only, and which flips a given generator state maps to (a function of ``p`` and
 the device type only).
 """

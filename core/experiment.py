@@ -77,7 +77,7 @@ def build(spec: TrialSpec) -> tuple[nn.Module, nn.Module, Any]:
 
     Also fixes glibc's malloc thresholds for this process (:func:`core.allocator.tune_cpu_allocator`; opt
     out with ``MCEL_TUNE_MALLOC=0``): freed tensor memory is kept for the next step instead of being
-    returned and faulted in again (~9% of a small CNN's CPU time was spent in those page faults)."""
+    returned and faulted in again (see :mod:`mcel_search.core.allocator`)."""
     tune_cpu_allocator()
     loss_fn = create_loss(spec.loss, **spec.loss_params)
     data = load_dataset(spec.dataset, **spec.data_kwargs())

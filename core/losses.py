@@ -82,8 +82,11 @@ def mcel_loss(logits: Tensor, target: Tensor, margin: float, b: float, reduction
         b: saturation bound ``b > 0``; logits are bounded to ``(-b, b)``.
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, as in ``nn.CrossEntropyLoss``.
     """
-    margin, b = MARGIN.check(margin), BOUND.check(b)
-    _check_reduction(reduction)
+    return _mcel(logits, target, MARGIN.check(margin), BOUND.check(b), _check_reduction(reduction))
+
+
+def _mcel(logits: Tensor, target: Tensor, margin: float, b: float, reduction: str) -> Tensor:
+    """:func:`mcel_loss` on values already checked (by it, or once by :class:`MCELoss`)."""
     z_hat = b * torch.tanh(logits / b)
     shifted = z_hat - margin * F.one_hot(target, num_classes=logits.shape[-1]).to(z_hat.dtype)
     return F.cross_entropy(shifted, target, reduction=reduction)
@@ -95,8 +98,11 @@ def mhl_loss(logits: Tensor, target: Tensor, b: float, reduction: str = "mean") 
     ``y_c = +1`` for the true class and ``-1`` for the others; ``b > 0`` is the demanded margin. The loss is
     0 once the true logit is ``>= b`` and every other logit ``<= -b``; it is 1 at ``z = 0``.
     """
-    b = MHL_MARGIN.check(b)
-    _check_reduction(reduction)
+    return _mhl(logits, target, MHL_MARGIN.check(b), _check_reduction(reduction))
+
+
+def _mhl(logits: Tensor, target: Tensor, b: float, reduction: str) -> Tensor:
+    """:func:`mhl_loss` on values already checked (by it, or once by :class:`MHLoss`)."""
     signs = 2.0 * F.one_hot(target, num_classes=logits.shape[-1]).to(logits.dtype) - 1.0
     per_sample = torch.clamp(b - signs * logits, min=0).mean(dim=-1) / b
     return _reduce(per_sample, reduction)
@@ -125,7 +131,7 @@ class MCELoss(nn.Module):
         return relative_separation({"margin": self.margin, "b": self.b})
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return mcel_loss(logits, target, self.margin, self.b, self.reduction)
+        return _mcel(logits, target, self.margin, self.b, self.reduction)
 
     def extra_repr(self) -> str:
         return f"margin={self.margin:g}, b={self.b:g}, reduction={self.reduction!r}"
@@ -140,7 +146,7 @@ class MHLoss(nn.Module):
         self.reduction = _check_reduction(reduction)
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return mhl_loss(logits, target, self.b, self.reduction)
+        return _mhl(logits, target, self.b, self.reduction)
 
     def extra_repr(self) -> str:
         return f"b={self.b:g}, reduction={self.reduction!r}"
@@ -233,7 +239,7 @@ def create_loss(name: str, reduction: str = "mean", **params: Any) -> nn.Module:
     missing = [p for p in allowed if p not in params]
     if missing:
         raise BadInputError(f"loss {name!r} needs {', '.join(missing)}")
-    return _LOSSES[name](reduction=reduction, **{p.keyword: p.check(params[p.name]) for p in specs})
+    return _LOSSES[name](reduction=reduction, **{p.keyword: params[p.name] for p in specs})  # checks them
 
 
 def relative_separation(params: Mapping[str, Any]) -> float | None:

@@ -11,8 +11,8 @@ Trials are identified by the Optuna number of the search study (``_optuna_number
 stored as the user attribute ``search_number``, so a trial re-run after a restart continues its record.
 Results without the metric (e.g. ``ber_acc`` measured every k epochs) are skipped. With a ``NopPruner``
 (``pruner: none``) nothing is reported per epoch: no decision could come of it, and the SQLite write and
-read it costs (~6 ms of the driver's ~11 ms per result on a 2-vCPU machine, 2026-11-28) is time every
-trial waits in ``tune.report``; finished trials are still told COMPLETE / FAIL with their last value.
+read it costs (about half the driver's time per result: ``benchmarks/MEASUREMENTS.md``, "pruning
+scheduler") is time every trial waits in ``tune.report``; finished trials are still told COMPLETE / FAIL with their last value.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         """The pruning study's trial of ``trial``: the live handle, else found by number, else a new one.
 
         The handle is kept for the trial's lifetime: looking a trial up (``study.trials`` copies every
-        trial) and wrapping it again cost ~9 ms per reported epoch, the handle nothing.
+        trial) and wrapping it again cost more than the decision itself; the handle costs nothing.
         """
         key = trial_key(trial)
         ot = self._trials.get(key)

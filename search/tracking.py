@@ -21,10 +21,10 @@ A trial's run is found again by ``mcel.trial_key`` after a retry or a driver res
 logged are not logged twice, so a resumed search never duplicates a run or a metric point.
 
 **MLflow is off the trials' critical path.** Every Tune event becomes one pending MLflow call in a bounded
-in-memory buffer (:attr:`MlflowTrialLogger.max_pending`), sent in order by one background thread of the
+in-memory buffer (:attr:`~.sender.RetryingSender.max_pending`), sent in order by one background thread of the
 driver (``background=True``, the default): a trial's ``tune.report`` waits for the driver to process its
-result, so a synchronous ``log_batch`` (~19 ms into a SQLite store) would stall every trial every epoch
-(benchmarks/RESULTS.md, ``search``). Only that thread talks to MLflow during a Tune run; the driver thread
+result, so a synchronous ``log_batch`` would stall every trial every epoch (``benchmarks/MEASUREMENTS.md``,
+"MLflow sender"). Only that thread talks to MLflow during a Tune run; the driver thread
 only appends. An error that is not an outage is raised in the driver at its next event or flush.
 
 **A tracking server that blinks does not stop a search.** When the
@@ -32,7 +32,7 @@ server is unreachable (connection refused, timeout, HTTP 5xx) the call stays buf
 on; the buffer is retried on the next event with a doubling backoff (0.5 s to 10 s), each attempt one HTTP
 request without MLflow's own retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES=0`` and a 30 s timeout,
 ``MCEL_MLFLOW_REQUEST_TIMEOUT_S``, during a flush), so the driver never blocks for long. When the buffer is full, and at the end of each Tune run, the driver waits for the
-server up to :data:`FLUSH_TIMEOUT_S` (env ``MCEL_MLFLOW_FLUSH_TIMEOUT_S``) and then stops with a
+server up to :data:`~.sender.FLUSH_TIMEOUT_S` (env ``MCEL_MLFLOW_FLUSH_TIMEOUT_S``) and then stops with a
 :class:`TrackingUnavailableError`. Passwords in URIs are masked in every logged param and tag.
 """
 
@@ -42,9 +42,6 @@ import contextlib
 import logging
 import math
 import os
-import threading
-import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -57,9 +54,11 @@ from ray.tune.experiment import Trial
 
 from ..core.errors import ResumableError
 from ..core.losses import all_loss_params, relative_separation
+from . import sender
 from .pruning import trial_key
 from .redact import redact_credentials
 from .searcher import NUMBER_KEY
+from .sender import RetryingSender
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +73,6 @@ EPOCH_METRICS_SKIP = {
 }
 #: The searched values logged as a trial's params: the loss, every registered loss parameter, the scale.
 TRIAL_PARAM_KEYS = ("loss", *all_loss_params(), "logit_scale")
-#: Seconds the driver waits for an unreachable tracking server when the buffer is full or a Tune run ends.
-FLUSH_TIMEOUT_S = float(os.environ.get("MCEL_MLFLOW_FLUSH_TIMEOUT_S", "600"))
-#: Backoff between flush attempts while the server is unreachable (seconds, doubling).
-BACKOFF_S = (0.5, 10.0)
 _TRANSIENT_TEXT = (
     "Max retries exceeded",
     "Connection refused",
@@ -96,7 +91,8 @@ _TRANSIENT_TEXT = (
 
 
 class TrackingUnavailableError(ResumableError):
-    """The tracking server stayed unreachable longer than :data:`FLUSH_TIMEOUT_S` with calls still buffered."""
+    """The tracking server stayed unreachable longer than :data:`~.sender.FLUSH_TIMEOUT_S` with calls still
+    buffered."""
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -189,11 +185,8 @@ class MlflowTrialLogger(Callback):
     background thread (``background=True``) or, with ``background=False``, by the driver thread at once
     on each event. While the tracking server is unreachable the calls wait in the queue (see the module
     docstring). :meth:`flush` with ``final=True`` (``on_experiment_end``, and the runner after
-    ``Tuner.fit``) waits for the queue to empty, the server to come back, or :data:`FLUSH_TIMEOUT_S`.
+    ``Tuner.fit``) waits for the queue to empty, the server to come back, or :data:`~.sender.FLUSH_TIMEOUT_S`.
     """
-
-    #: Pending calls kept while the server is unreachable; when full, the driver waits for the server.
-    max_pending = 10_000
 
     def __init__(
         self,
@@ -206,7 +199,6 @@ class MlflowTrialLogger(Callback):
         role: str = "trial",
         background: bool = True,
     ) -> None:
-        self.background = background
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -223,22 +215,16 @@ class MlflowTrialLogger(Callback):
         self._resumed: dict[str, int] = {}
         self._need_params: dict[str, dict[str, Any]] = {}
         self._uncertain: set[tuple[str, int]] = set()
-        self._pending: deque[tuple[str, tuple]] = deque()
-        self._retry_at = 0.0
-        self._backoff = BACKOFF_S[0]
-        self._down_since: float | None = None
-        self._init_sender()
-
-    def _init_sender(self) -> None:
-        self._cond = threading.Condition()  # guards _error, _busy, _closing; wakes the sender and waiters
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None  # a non-outage error the sender met, raised in the driver
-        self._busy = False  # the sender is between taking a call and recording its outcome
-        self._closing = False
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_sender()
+        #: the queue of MLflow calls and the thread that sends them (MLflow off the trials' critical path)
+        self.sender = RetryingSender(
+            self._deliver,
+            is_transient=is_transient,
+            unavailable=self._unavailable,
+            target=f"MLflow tracking server {redact_credentials(tracking_uri)}",
+            background=background,
+            attempt=_one_attempt,
+            thread_name="mcel-mlflow-sender",
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -252,167 +238,44 @@ class MlflowTrialLogger(Callback):
             _resumed={},
             _need_params={},
             _uncertain=set(),
-            _pending=deque(),
-            _retry_at=0.0,
-            _backoff=BACKOFF_S[0],
-            _down_since=None,
         )
-        for name in ("_cond", "_thread", "_error", "_busy", "_closing"):
-            state.pop(name, None)
-        return state
+        return state  # the sender pickles itself empty (RetryingSender.__getstate__)
 
     # ------------------------------------------------------------------------------- buffered calls
 
     @property
+    def background(self) -> bool:
+        """Whether a background thread sends the calls (the default) or each event sends them."""
+        return self.sender.background
+
+    @property
     def pending(self) -> int:
         """Calls waiting for the tracking server."""
-        return len(self._pending)
+        return self.sender.pending
 
     def _enqueue(self, method: str, *args: Any) -> None:
-        self._pending.append((method, args))  # deque.append: safe against the sender's popleft
-        full = len(self._pending) > self.max_pending
-        if full:
-            logger.warning("MLflow buffer full (%d calls): waiting for the tracking server", self.pending)
-        if not self.background:
-            self._send(final=full)
-            return
-        self._start_sender()
-        with self._cond:
-            self._cond.notify_all()
-        if full:
-            self.flush(final=True)
-        self._raise_sender_error()  # this event is queued all the same
+        """Queue the call ``self.<method>(*args)`` (see :class:`~.sender.RetryingSender`)."""
+        self.sender.enqueue(method, args)
+
+    def _deliver(self, method: str, args: tuple) -> None:
+        getattr(self, method)(*args)
 
     def flush(self, final: bool = False) -> None:
-        """Send the pending calls in order. Without ``final`` one attempt (none during the backoff) and
-        return when the server is unreachable; with ``final`` retry until :data:`FLUSH_TIMEOUT_S` and then
-        raise :class:`TrackingUnavailableError`. Errors other than an unreachable server are raised.
-
-        In background mode the sender thread does the sending and this waits: until the queue is empty,
-        or (without ``final``) until the sender backs off from an unreachable server.
-        """
-        if not self.background:
-            self._send(final)
-            return
-        self._raise_sender_error()
-        if not self._pending:
-            return
-        self._start_sender()
-        deadline = time.monotonic() + FLUSH_TIMEOUT_S
-        with self._cond:
-            self._cond.notify_all()
-            while (self._pending or self._busy) and self._error is None:
-                now = time.monotonic()
-                if now >= deadline or (not final and self._retry_at > now and not self._busy):
-                    break
-                self._cond.wait(timeout=min(0.5, deadline - now))
-        self._raise_sender_error()
-        if final and self._pending:
-            raise self._unavailable()
+        """Send the pending calls in order; with ``final`` wait for them up to
+        :data:`~.sender.FLUSH_TIMEOUT_S`, then raise :class:`TrackingUnavailableError`."""
+        self.sender.flush(final)
 
     def close(self) -> None:
         """Stop the sender thread once the queue is empty (or the server unreachable); idempotent."""
-        thread = self._thread
-        if thread is None:
-            return
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
-        thread.join(timeout=5.0)
-        self._thread = None
+        self.sender.close()
 
-    def _start_sender(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            self._closing = False
-            self._thread = threading.Thread(target=self._sender, name="mcel-mlflow-sender", daemon=True)
-            self._thread.start()
-
-    def _raise_sender_error(self) -> None:
-        with self._cond:
-            error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    def _sender(self) -> None:
-        """The background thread: send pending calls in order; sleep through the backoff; exit on close."""
-        while True:
-            with self._cond:
-                while not self._pending and not self._closing:
-                    self._cond.wait()
-                if self._closing and (not self._pending or self._retry_at > time.monotonic()):
-                    return
-                wait = self._retry_at - time.monotonic()
-                if wait > 0:
-                    self._cond.wait(timeout=wait)
-                    continue
-                self._busy = True
-            try:
-                self._send(final=False)
-            except Exception as exc:  # not an outage: the driver raises it at its next event or flush
-                with self._cond:
-                    self._error = exc
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
-
-    def _unavailable(self) -> TrackingUnavailableError:
+    def _unavailable(self, pending: int) -> TrackingUnavailableError:
         return TrackingUnavailableError(
-            f"tracking.uri: {redact_credentials(self.tracking_uri)!r} — unreachable for {FLUSH_TIMEOUT_S:.0f}s "
-            f"with {self.pending} MLflow calls unsent (the runs of the trials concerned lack them); allowed: "
-            "a reachable tracking server, then rerun with --resume to continue the unfinished trials"
+            f"tracking.uri: {redact_credentials(self.tracking_uri)!r} — unreachable for "
+            f"{sender.FLUSH_TIMEOUT_S:.0f}s with {pending} MLflow calls unsent (the runs of the trials "
+            "concerned lack them); allowed: a reachable tracking server, then rerun with --resume to "
+            "continue the unfinished trials"
         )
-
-    def _send(self, final: bool) -> None:
-        """The sending loop: calls in order; without ``final`` it returns at the first outage (or during
-        the backoff), with ``final`` it retries until :data:`FLUSH_TIMEOUT_S`. Other errors are raised."""
-        if not self._pending:
-            return
-        deadline = time.monotonic() + FLUSH_TIMEOUT_S
-        while self._pending:
-            now = time.monotonic()
-            if now < self._retry_at:
-                if not final:
-                    return
-                if now >= deadline:
-                    break
-                time.sleep(min(self._retry_at, deadline) - now)
-                continue
-            method, args = self._pending[0]
-            try:
-                with _one_attempt():
-                    getattr(self, method)(*args)
-            except Exception as exc:
-                if not is_transient(exc):
-                    self._pending.popleft()
-                    raise
-                if self._down_since is None:
-                    self._down_since = now
-                    logger.warning(
-                        "MLflow tracking server %s unreachable (%s): buffering, %d calls pending",
-                        redact_credentials(self.tracking_uri),
-                        " ".join(str(exc).split())[:200],
-                        self.pending,
-                    )
-                self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, BACKOFF_S[1])
-                if not final:
-                    return
-                if time.monotonic() >= deadline:
-                    break
-                continue
-            self._pending.popleft()
-            if self._down_since is not None:
-                logger.warning(
-                    "MLflow tracking server back after %.0f s; flushing %d buffered calls",
-                    time.monotonic() - self._down_since,
-                    self.pending,
-                )
-                self._down_since = None
-            self._backoff = BACKOFF_S[0]
-            self._retry_at = 0.0
-        if self._pending:
-            raise self._unavailable()
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         try:

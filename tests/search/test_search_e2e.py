@@ -56,29 +56,6 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
 
-def test_tunes_missing_files_warning_is_dropped_only_while_the_files_are_off(monkeypatch) -> None:
-    from mcel_search.search.runner import _quiet_missing_trial_files
-
-    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    seen = _Records()
-    log.addHandler(seen)
-    try:
-        _quiet_missing_trial_files()
-        _quiet_missing_trial_files()  # idempotent
-        monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        log.warning("Failed to fetch metrics for 2 trial(s):\n- t1: FileNotFoundError(...)")
-        log.warning("another warning")
-        monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")  # the user turned the files on
-        log.warning("Failed to fetch metrics for 1 trial(s):\n- t2: FileNotFoundError(...)")
-    finally:
-        log.removeHandler(seen)
-    assert seen.messages == [
-        "another warning",
-        "Failed to fetch metrics for 1 trial(s):\n- t2: FileNotFoundError(...)",
-    ]
-    assert sum(type(f).__name__ == "_MissingTrialFilesFilter" for f in log.filters) == 1
-
-
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 

@@ -30,15 +30,51 @@ _SERVER_RE = re.compile(r"mlflow (?:server|ui)\b[^\n`\"]*")
 _HOST_RE = re.compile(r"--host[= ](\S+)")
 
 
-def test_local_ray_dashboard_binds_to_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+#: Ray's own processes of a local instance: their gRPC servers (GCS, raylet, workers, agents).
+RAY_CORE_PROCESSES = ("gcs_server", "raylet", "ray::", "python", "default_worker", "agent")
+
+
+def _listening_sockets(pids: set[int]) -> list[tuple[str, int, str]]:
+    """``(address, port, process name)`` of every TCP socket in LISTEN state owned by ``pids``."""
+    import psutil
+
+    out = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            try:
+                name = psutil.Process(conn.pid).name()
+            except psutil.Error:
+                name = "?"
+            out.append((conn.laddr.ip, conn.laddr.port, name))
+    return out
+
+
+def test_local_ray_really_starts_no_dashboard_and_only_rays_own_ports_listen() -> None:
+    """The sockets a local search's Ray really bound (not the kwargs of a patched ray.init): no dashboard
+    (nothing on its port, no dashboard process), and every socket not on loopback belongs to one of
+    Ray's core processes (their gRPC ports, which Ray binds on every interface whatever address it is
+    given: see README "Security")."""
+    import psutil
     import ray
 
-    calls: list[dict] = []
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
-    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    if ray.is_initialized():
+        ray.shutdown()
+    driver = psutil.Process()
+    before = {p.pid for p in driver.children(recursive=True)}
     runner._init_ray(None, 1)
-    assert calls and calls[0]["dashboard_host"] == "127.0.0.1"
-    assert calls[0]["include_dashboard"] is False
+    try:
+        ray.get(ray.remote(lambda: 1).remote())  # a worker is up too
+        pids = {driver.pid} | {p.pid for p in driver.children(recursive=True)} - before
+        names = {psutil.Process(pid).name() for pid in pids if psutil.pid_exists(pid)}
+        sockets = _listening_sockets(pids)
+        assert sockets, "no listening socket found: the check would see nothing"
+        assert not any("dashboard" in name for name in names), names
+        assert 8265 not in {port for _, port, _ in sockets}, sockets  # Ray's default dashboard port
+        for address, port, name in sockets:
+            if address not in ("127.0.0.1", "::1"):
+                assert name.startswith(RAY_CORE_PROCESSES), (address, port, name)
+    finally:
+        ray.shutdown()
 
 
 def test_every_server_command_we_ship_binds_to_loopback_or_the_private_address() -> None:

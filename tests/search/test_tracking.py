@@ -1,0 +1,142 @@
+"""The MLflow logger's buffer and sender thread, without a search: calls queue while the server is down,
+go out in order, the driver never waits for them, and a final flush gives up with one line."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from mcel_search.search.tracking import MlflowTrialLogger
+
+
+class _FlakyClient:
+    """An MLflow client stand-in whose server is down while ``down`` is set."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.tags: list[str] = []
+
+    def set_tag(self, run_id: str, key: str, value: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        if self.down:
+            raise MlflowException(
+                "API request to http://127.0.0.1:1/api/2.0/mlflow/runs/set-tag failed with exception "
+                "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded ([Errno 111] Connection refused)"
+            )
+        if value == "bad":
+            raise MlflowException("INVALID_PARAMETER_VALUE: bad tag", error_code="INVALID_PARAMETER_VALUE")
+        self.tags.append(value)
+
+
+def test_mlflow_buffer_keeps_order_never_blocks_and_gives_up_clearly(monkeypatch) -> None:
+    """The buffer behind the server-restart test: calls queue while the server is down without blocking the
+    driver, go out in order once it is back, a final flush gives up after the timeout with one line, and a
+    real error (not an outage) is raised at once."""
+    from mcel_search.search import sender, tracking
+
+    class Logger(tracking.MlflowTrialLogger):
+        def _tag(self, value: str) -> None:
+            self.client.set_tag("run", "k", value)
+
+    log = Logger("http://alice:pw@127.0.0.1:1", "0", "parent", "study", {}, {}, background=False)
+    client = _FlakyClient()
+    log._client = client
+    start = time.monotonic()
+    for i in range(50):
+        log._enqueue("_tag", str(i))
+    assert time.monotonic() - start < 1.0  # one refused attempt, then the backoff: the driver goes on
+    assert log.pending == 50 and client.tags == []
+    client.down = False
+    log.sender._retry_at = 0.0  # the backoff has passed
+    log._enqueue("_tag", "50")
+    assert client.tags == [str(i) for i in range(51)] and log.pending == 0  # in order, nothing lost
+    client.down = True
+    log._enqueue("_tag", "51")
+    monkeypatch.setattr(sender, "FLUSH_TIMEOUT_S", 0.5)
+    with pytest.raises(tracking.TrackingUnavailableError) as info:
+        log.flush(final=True)
+    text = str(info.value)
+    assert len(text.splitlines()) == 1 and "1 MLflow calls unsent" in text and "pw" not in text
+    client.down = False
+    log.sender._retry_at = 0.0
+    with pytest.raises(Exception, match="INVALID_PARAMETER_VALUE"):
+        log._enqueue("_tag", "bad")
+    assert client.tags[-1] == "51" and log.pending == 0
+
+
+class _TagLogger(MlflowTrialLogger):
+    """A logger with one extra call, ``_tag``: sets tag ``k`` of run ``run`` to the value (module level:
+    the background test pickles it, as Tune does with its callbacks)."""
+
+    def _tag(self, value: str) -> None:
+        self.client.set_tag("run", "k", value)
+
+
+def test_mlflow_background_sender_keeps_order_and_surfaces_errors_in_the_driver(monkeypatch) -> None:
+    """The default mode: one sender thread sends the calls while the driver thread only appends. Events
+    return at once even while every call is slow or the server is down; the calls arrive in order; a final
+    flush waits for them (or gives up after the timeout with the one-line error); a real error raised in
+    the thread comes out of the driver's next event; close() stops the thread; the logger still pickles
+    (Tune snapshots its callbacks) and works again after unpickling."""
+    import pickle
+
+    from mcel_search.search import sender, tracking
+
+    class SlowClient(_FlakyClient):
+        def set_tag(self, run_id: str, key: str, value: str) -> None:
+            assert threading.current_thread().name == "mcel-mlflow-sender"  # never the driver thread
+            time.sleep(0.02)
+            super().set_tag(run_id, key, value)
+
+    log = _TagLogger("http://alice:pw@127.0.0.1:1", "0", "parent", "study", {}, {})
+    assert log.background
+    client = SlowClient()
+    client.down = False
+    log._client = client
+    start = time.monotonic()
+    for i in range(20):
+        log._enqueue("_tag", str(i))
+    assert time.monotonic() - start < 0.2  # 20 calls of 20 ms each: the driver did not wait for them
+    log.flush(final=True)
+    assert client.tags == [str(i) for i in range(20)] and log.pending == 0
+
+    client.down = True  # an outage: the sender backs off, the driver goes on
+    for i in range(20, 25):
+        log._enqueue("_tag", str(i))
+    log.flush()  # without final: returns once the sender backs off
+    assert log.pending == 5 and client.tags[-1] == "19"
+    monkeypatch.setattr(sender, "FLUSH_TIMEOUT_S", 0.3)
+    with pytest.raises(tracking.TrackingUnavailableError) as info:
+        log.flush(final=True)
+    assert "5 MLflow calls unsent" in str(info.value) and "pw" not in str(info.value)
+    client.down = False
+    log.sender._retry_at = 0.0
+    monkeypatch.setattr(sender, "FLUSH_TIMEOUT_S", 30.0)
+    log.flush(final=True)
+    assert client.tags == [str(i) for i in range(25)] and log.pending == 0  # nothing lost, in order
+
+    log._enqueue("_tag", "bad")  # fails in the thread ...
+    deadline = time.monotonic() + 10
+    while (log.pending or log.sender._busy) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(Exception, match="INVALID_PARAMETER_VALUE"):
+        log._enqueue("_tag", "26")  # ... and is raised in the driver at its next event, which is kept
+    log.flush(final=True)
+    assert client.tags[-1] == "26"
+    log._enqueue("_tag", "bad")
+    with pytest.raises(Exception, match="INVALID_PARAMETER_VALUE"):
+        log.flush(final=True)  # or at a flush
+    thread = log.sender._thread
+    log.close()
+    assert thread is not None and not thread.is_alive()
+
+    clone = pickle.loads(pickle.dumps(log))
+    assert clone.sender._thread is None and clone.pending == 0 and clone.background
+    clone._client = client
+    clone._enqueue("_tag", "27")
+    clone.flush(final=True)
+    clone.close()
+    assert client.tags[-1] == "27"
