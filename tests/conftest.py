@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import socket
 import subprocess
@@ -142,3 +143,24 @@ def own_mlflow_server(tmp_path_factory) -> Iterator[MlflowServer]:
     yield server
     if server.proc is not None:
         server.stop()
+
+
+class _Records(logging.Handler):
+    """Keeps the messages of the records it is handed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture()
+def tune_analysis_messages() -> Iterator[list[str]]:
+    """The messages Ray Tune's experiment-analysis logger emits during the test (after its filters)."""
+    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    seen = _Records()
+    log.addHandler(seen)
+    yield seen.messages
+    log.removeHandler(seen)

@@ -103,3 +103,37 @@ def test_bad_input_exits_2_with_one_line(
     assert needle in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
+
+
+def test_train_has_one_flag_per_registered_loss_parameter() -> None:
+    """`mcel train`'s loss flags are the registry's parameter names (MHL's margin is not MCEL's --b)."""
+    from mcel_search.core.losses import all_loss_params
+    from mcel_search.search.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest for a in train._actions} & {"margin", "b", "mhl_margin", *all_loss_params()}
+    assert flags == set(all_loss_params()) == {"margin", "b", "mhl_margin"}
+
+
+def test_train_mhl_takes_its_own_margin_and_refuses_mcels(tmp_path) -> None:
+    ok = run(
+        "train",
+        "--loss",
+        "mhl",
+        "--mhl-margin",
+        "4",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--out",
+        str(tmp_path / "mhl"),
+    )
+    assert ok.returncode == 0, ok.stderr
+    payload = json.loads((tmp_path / "mhl" / "metrics.json").read_text())
+    assert payload["spec"]["loss_params"] == {"mhl_margin": 4.0}
+    bad = run("train", "--loss", "mhl", "--b", "4", "--epochs", "1", "--out", str(tmp_path / "bad"))
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) == 1 and "does not take b" in lines[0], bad.stderr

@@ -5,34 +5,20 @@ from __future__ import annotations
 import logging
 
 
-class _Records(logging.Handler):
-    """Keeps the messages of the records it is handed."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def test_tunes_missing_files_warning_is_dropped_only_while_the_files_are_off(monkeypatch) -> None:
+def test_tunes_missing_files_warning_is_dropped_only_while_the_files_are_off(
+    monkeypatch, tune_analysis_messages
+) -> None:
     from mcel_search.search.runner import _quiet_missing_trial_files
 
     log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    seen = _Records()
-    log.addHandler(seen)
-    try:
-        _quiet_missing_trial_files()
-        _quiet_missing_trial_files()  # idempotent
-        monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-        log.warning("Failed to fetch metrics for 2 trial(s):\n- t1: FileNotFoundError(...)")
-        log.warning("another warning")
-        monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")  # the user turned the files on
-        log.warning("Failed to fetch metrics for 1 trial(s):\n- t2: FileNotFoundError(...)")
-    finally:
-        log.removeHandler(seen)
-    assert seen.messages == [
+    _quiet_missing_trial_files()
+    _quiet_missing_trial_files()  # idempotent
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    log.warning("Failed to fetch metrics for 2 trial(s):\n- t1: FileNotFoundError(...)")
+    log.warning("another warning")
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "0")  # the user turned the files on
+    log.warning("Failed to fetch metrics for 1 trial(s):\n- t2: FileNotFoundError(...)")
+    assert tune_analysis_messages == [
         "another warning",
         "Failed to fetch metrics for 1 trial(s):\n- t2: FileNotFoundError(...)",
     ]
