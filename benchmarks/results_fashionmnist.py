@@ -384,16 +384,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.key_ber not in args.bers:
         p.error(f"--key-ber {args.key_ber} must be one of --bers {args.bers}")
 
+    todo = models(args)
+    wanted = set(args.only.split(",")) if args.only else set()
+    unknown = wanted - {m.key for m in todo}
+    if unknown:  # before the data are loaded: bad input costs nothing
+        p.error(f"--only {sorted(unknown)}: not among the models {[m.key for m in todo]}")
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     data = load_dataset("fashionmnist", limit_test=args.limit_test)
     batches = cache_batches(data.test, torch.device("cpu"))
-    todo = models(args)
     if args.only:
-        wanted = set(args.only.split(","))
-        unknown = wanted - {m.key for m in todo}
-        if unknown:
-            p.error(f"--only {sorted(unknown)}: not among the models {[m.key for m in todo]}")
         for m in todo:
             if m.key in wanted:
                 load_or_run(m, args, batches)

@@ -7,6 +7,8 @@ The ``mcel`` command turns only these into exit statuses (:mod:`mcel_search.sear
   ``ValueError`` keep working.
 * :class:`ResumableError` -> exit 3: the environment stopped a search (a full disk, a tracking server down
   too long); nothing was lost, and ``--resume`` continues once the cause is fixed.
+* :class:`NoResultError` -> exit 4: a search ran to its end but a study has no completed trial, so there is
+  nothing to select (every trial errored or was pruned); the line says why.
 
 Any other exception that reaches the command is a bug in the product: exit 1, one line saying so, and the
 traceback with ``--debug``. This module is in ``core`` (imports point down) so every layer raises from the
@@ -26,3 +28,7 @@ class BadInputError(McelError, ValueError):
 
 class ResumableError(McelError):
     """The environment stopped a search in a resumable state (exit 3): fix the cause, rerun with --resume."""
+
+
+class NoResultError(McelError):
+    """A search ended with a study that has no completed trial (exit 4): nothing to report or select."""

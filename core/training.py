@@ -41,8 +41,19 @@ _DEVICE_RE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _TRAIN_BER_KEY = 0xB17  # seed-derivation key of the per-step bit-error realizations of bit-error training
 
 
-def _int_at_least(low: int) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low
+#: Upper bounds of the integer settings: generous for real training, far below what would hang a machine.
+MAX_EPOCHS = 100_000
+MAX_BATCH_SIZE = 2**20
+#: Seeds fit 32 bits (NumPy's generators take no more).
+MAX_SEED = 2**32 - 1
+
+
+def _int_in(low: int, high: int) -> tuple[Callable[[Any], bool], str]:
+    """An integer in ``[low, high]`` (bools are not integers), and the words for it."""
+    return (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high,
+        f"an integer >= {low} and <= {high:_}",
+    )
 
 
 def _finite(v: Any) -> bool:
@@ -53,18 +64,18 @@ def _finite(v: Any) -> bool:
 #: ``TrainConfig`` checks them itself; the search spec checks a spec's ``train`` section against the same
 #: table (:func:`train_config_problems`), reporting every bad field instead of the first.
 TRAIN_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "epochs": (_int_at_least(1), "an integer >= 1"),
-    "batch_size": (_int_at_least(1), "an integer >= 1"),
+    "epochs": _int_in(1, MAX_EPOCHS),
+    "batch_size": _int_in(1, MAX_BATCH_SIZE),
     "lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
-    "step_size": (_int_at_least(1), "an integer >= 1"),
+    "step_size": _int_in(1, MAX_EPOCHS),
     "gamma": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
     "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "seed": (_int_at_least(0), "an integer >= 0"),
+    "seed": _int_in(0, MAX_SEED),
     "device": (
         lambda v: isinstance(v, str) and _DEVICE_RE.fullmatch(v) is not None,
         "auto, cpu, cuda or cuda:N",
     ),
-    "num_workers": (_int_at_least(0), "an integer >= 0"),
+    "num_workers": _int_in(0, 256),
     "progress": (lambda v: isinstance(v, bool), "true or false"),
     "train_ber": (
         lambda v: _finite(v) and 0 <= v <= 0.5,

@@ -25,12 +25,14 @@ import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..core.errors import BadInputError, McelError, ResumableError
+from ..core.errors import BadInputError, McelError, NoResultError, ResumableError
 
 #: Exit status of bad input (:class:`BadInputError` and path errors of files the user named).
 EXIT_BAD_INPUT = 2
 #: Exit status of a search stopped by its environment (:class:`ResumableError`): fix it, rerun with --resume.
 EXIT_RESUMABLE = 3
+#: Exit status of a search that ran but left a study without a completed trial (:class:`NoResultError`).
+EXIT_NO_RESULT = 4
 #: Exit status of an exception that is not the product's own: a bug.
 EXIT_BUG = 1
 #: OS errors about a path (a file the user named that is missing, a directory, not permitted): bad input.
@@ -238,12 +240,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     )
     from ..analysis.workflow import pareto_summary
 
+    empty = []
     for study in outcome.studies:
         states = [t["state"] for t in study.trials]
         print(
             f"{study.study}: {states.count('completed')} completed, {states.count('pruned')} pruned, "
             f"{states.count('errored')} errored" + (", CEL baseline done" if study.baseline else "")
         )
+        if "completed" not in states:
+            empty.append(study)
+    if empty:
+        raise NoResultError(_no_result_line(spec.name, empty))
     print()
     print(pareto_summary(spec.experiment_name(), outcome.tracking_uri))
     uri = outcome.tracking_uri
@@ -253,6 +260,17 @@ def cmd_search(args: argparse.Namespace) -> int:
             f"open the UI with:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
         )
     return 0
+
+
+def _no_result_line(name: str, studies: list) -> str:
+    """One line: which studies ended without a completed trial, their counts and the first error."""
+    parts, first_error = [], None
+    for study in studies:
+        states = [t["state"] for t in study.trials]
+        parts.append(f"{study.study} ({states.count('errored')} errored, {states.count('pruned')} pruned)")
+        first_error = first_error or next((t["error"] for t in study.trials if t.get("error")), None)
+    why = f"; first error: {' '.join(first_error.split())[:300]}" if first_error else ""
+    return f"search {name!r}: no trial completed in {', '.join(parts)}, so nothing can be selected{why}"
 
 
 def _tracking_arg(p: argparse.ArgumentParser) -> None:
@@ -410,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except ResumableError as exc:
         return _fail(exc, args.debug, EXIT_RESUMABLE)
+    except NoResultError as exc:
+        return _fail(exc, args.debug, EXIT_NO_RESULT)
     except (BadInputError, *PATH_ERRORS) as exc:
         return _fail(exc, args.debug, EXIT_BAD_INPUT)
     except Exception as exc:  # not ours: a bug, said as such

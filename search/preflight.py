@@ -122,6 +122,102 @@ def _check_data(spec: SearchSpec) -> None:
         ) from None
 
 
+def check_local_resources(spec: SearchSpec, num_cpus: int | None) -> None:
+    """A search on a new local Ray can run here at all: one trial's ``resources`` fit this machine (Ray
+    would wait for ever for a node that never comes), ``train.device`` names a device this machine has
+    (every trial would fail on it), and ``--num-cpus`` is a count. Raises :class:`PreflightError`."""
+    import torch
+
+    cpus = os.cpu_count() or 1
+    if num_cpus is not None and not (1 <= num_cpus <= 4096):
+        raise PreflightError(f"--num-cpus: {num_cpus} — an integer >= 1 (CPUs of the local Ray instance)")
+    available = num_cpus if num_cpus is not None else cpus
+    if spec.resources.cpu > available:
+        raise PreflightError(
+            f"resources.cpu: {spec.resources.cpu:g} — more than the {available} CPUs of the local Ray "
+            "instance, so no trial could ever start; allowed: at most that many, or --ray-address of a "
+            "cluster whose nodes have them"
+        )
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec.resources.gpu > gpus:
+        raise PreflightError(
+            f"resources.gpu: {spec.resources.gpu:g} — this machine has {gpus} GPU(s), so no trial could ever "
+            "start on the local Ray instance; allowed: 0, or --ray-address of a cluster with GPUs"
+        )
+    device = spec.train.device
+    if device.startswith("cuda") and (gpus == 0 or (":" in device and int(device.split(":")[1]) >= gpus)):
+        raise PreflightError(
+            f"train.device: {device!r} — not available here ({gpus} CUDA device(s)), so every trial would "
+            "fail; allowed: auto or cpu, or --ray-address of a cluster with GPUs"
+        )
+
+
+#: Optuna user attribute and MLflow tag holding a search's identity (its study instance, not its name).
+SEARCH_ID_KEY = "mcel.search_id"
+
+
+def stored_search_ids(optuna_url: str, studies: list[str]) -> dict[str, str | None]:
+    """``{study: search id}`` of the studies that exist in the Optuna storage ``optuna_url`` (None: a study
+    from before search ids), read without creating anything (a missing SQLite file holds none)."""
+    import optuna
+
+    if optuna_url.startswith("sqlite:///") and not Path(optuna_url[len("sqlite:///") :]).is_file():
+        return {}
+    storage = optuna.storages.RDBStorage(optuna_url, skip_table_creation=True)
+    out: dict[str, str | None] = {}
+    for study in studies:
+        try:
+            study_id = storage.get_study_id_from_name(study)
+        except KeyError:
+            continue
+        out[study] = storage.get_study_user_attrs(study_id).get(SEARCH_ID_KEY)
+    return out
+
+
+def recorded_search_ids(tracking_uri: str, experiment: str) -> dict[str, set[str | None]]:
+    """``{study: search ids}`` of the parent runs the MLflow experiment holds, read without creating a
+    store (a missing SQLite file or store directory holds none)."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).is_file():
+        return {}
+    if "://" not in tracking_uri or tracking_uri.startswith("file:"):
+        local = tracking_uri[len("file:") :].lstrip("/") if tracking_uri.startswith("file:") else tracking_uri
+        if not Path("/" + local if tracking_uri.startswith("file:") else local).expanduser().is_dir():
+            return {}
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return {}
+    out: dict[str, set[str | None]] = {}
+    for run in client.search_runs([found.experiment_id], filter_string="tags.`mcel.role` = 'parent'"):
+        study = run.data.tags.get("mcel.study")
+        if study:
+            out.setdefault(study, set()).add(run.data.tags.get(SEARCH_ID_KEY))
+    return out
+
+
+def check_search_identity(spec: SearchSpec, tracking_uri: str, optuna_url: str) -> None:
+    """The MLflow experiment holds no other search of the same study names: a study recorded there must be
+    the very study instance in this search's Optuna storage (same search id). Otherwise the new trials
+    would take the old runs' places (their trial keys are the study's trial numbers) and the summary would
+    be the old search's. Raises :class:`SearchStateError` naming the experiment and what is allowed."""
+    studies = [spec.study_name(arch, bits) for arch, bits in spec.studies()]
+    recorded = recorded_search_ids(tracking_uri, spec.experiment_name())
+    if not any(study in recorded for study in studies):
+        return
+    stored = stored_search_ids(optuna_url, studies)
+    for study in studies:
+        if study in recorded and (study not in stored or recorded[study] != {stored[study]}):
+            where = "is not in" if study not in stored else "is another study than the one in"
+            raise SearchStateError(
+                f"tracking.experiment: {spec.experiment_name()!r} — already holds a search of study "
+                f"{study!r} that {where} this search's Optuna storage {redact_credentials(optuna_url)!r}: its "
+                "runs would be taken for this search's; allowed: --resume with that search's storage.path, "
+                "another spec name, or another tracking.experiment"
+            )
+
+
 def preflight(
     spec: SearchSpec, tracking_uri: str, storage_path: str, *, resume: bool = False, check_data: bool = True
 ) -> None:

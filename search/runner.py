@@ -38,7 +38,15 @@ from typing import TYPE_CHECKING, Any
 from ..analysis.pareto import OBJECTIVES
 from ..core.errors import ResumableError
 from .optuna_options import create_pruner, create_sampler
-from .preflight import SearchStateError, preflight, resolve_storage_path, resolve_tracking_uri
+from .preflight import (
+    SEARCH_ID_KEY,
+    SearchStateError,
+    check_local_resources,
+    check_search_identity,
+    preflight,
+    resolve_storage_path,
+    resolve_tracking_uri,
+)
 from .redact import redact_credentials
 from .spec import SearchSpec, flatten, spec_to_dict
 
@@ -76,13 +84,10 @@ class SearchOutcome:
     studies: list[StudyOutcome]
 
 
-def _optuna_storage(spec: SearchSpec, storage_path: str) -> str:
-    """The Optuna storage URL (:meth:`SearchSpec.optuna_storage` under the storage path in force), a
-    relative SQLite path made absolute and its directory created."""
-    url = resolve_tracking_uri(spec.optuna_storage(storage_path))
+def _make_parent_dir(url: str) -> None:
+    """Create the directory of a ``sqlite:///`` database (SQLite creates the file, not its folder)."""
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return url
 
 
 def _context(spec: SearchSpec, arch: str, bits: int) -> TrialContext:
@@ -141,9 +146,28 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # A local instance: nothing listens beyond this machine (the dashboard is off; if a user turns
-        # it on, it stays on the loopback interface).
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
+        # A new local instance of its own: address="local" never attaches to a Ray cluster that another
+        # process runs on this machine (a plain ray.init() would: it reads the last session's address).
+        # The dashboard is off; if a user turns it on, it stays on the loopback interface.
+        for attempt in range(LOCAL_RAY_ATTEMPTS):
+            try:
+                ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
+                return
+            except Exception as exc:  # Ray waits a fixed 30 s for its node; a loaded machine can need more
+                if attempt + 1 == LOCAL_RAY_ATTEMPTS or not _is_startup_timeout(exc):
+                    raise
+                logger.warning("local Ray did not start in time (%s): trying once more", exc)
+                ray.shutdown()
+
+
+#: Tries to start the local Ray instance (Ray's own start-up wait is a fixed 30 s).
+LOCAL_RAY_ATTEMPTS = 2
+
+
+def _is_startup_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is Ray's "node timed out during startup" (a loaded machine), not a real failure."""
+    text = str(exc)
+    return "timed out during startup" in text or "waiting for node to startup" in text
 
 
 def _tuner(
@@ -215,6 +239,12 @@ def run_search(
     tracking_uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
     storage_path = resolve_storage_path(storage_path or spec.storage.path)
     preflight(spec, tracking_uri, storage_path, resume=resume, check_data=not ray_address)
+    import ray
+
+    if not ray_address and not ray.is_initialized():  # a new local Ray will be started: can it run this?
+        check_local_resources(spec, num_cpus)
+    optuna_url = resolve_tracking_uri(spec.optuna_storage(storage_path))
+    check_search_identity(spec, tracking_uri, optuna_url)  # read-only: nothing exists yet if refused
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot often: a killed driver loses little
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # No result.json / progress.csv / TensorBoard files per trial: MLflow holds the metrics, and writing
@@ -222,7 +252,7 @@ def run_search(
     # (set TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 to have them)
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     _quiet_missing_trial_files()
-    optuna_url = _optuna_storage(spec, storage_path)
+    _make_parent_dir(optuna_url)
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.experiment_name())
     _init_ray(ray_address, num_cpus)
@@ -234,7 +264,14 @@ def run_search(
     outcomes = []
     for arch, bits in spec.studies():
         study = spec.study_name(arch, bits)
-        tags = {"arch": arch, "bits": str(bits), "dataset": spec.data.name, "mcel.spec": spec.name}
+        search_id = _search_id(optuna_url, study)
+        tags = {
+            "arch": arch,
+            "bits": str(bits),
+            "dataset": spec.data.name,
+            "mcel.spec": spec.name,
+            SEARCH_ID_KEY: search_id,
+        }
         parent = parent_run(client, experiment_id, study, tags, flat)
         context = _context(spec, arch, bits)
         trainable = tune.with_resources(tune.with_parameters(mcel_trial, context=context), resources)
@@ -308,6 +345,24 @@ def run_search(
     return SearchOutcome(
         experiment_id=experiment_id, tracking_uri=tracking_uri, storage_path=storage_path, studies=outcomes
     )
+
+
+def _search_id(optuna_url: str, study: str) -> str:
+    """The identity of this search's ``study``: a random id kept as the Optuna study's user attribute
+    (created with the study, or given to a study from before search ids) and tagged on the parent run."""
+    import uuid
+
+    import optuna
+
+    s = optuna.create_study(
+        study_name=study,
+        storage=optuna_url,
+        directions=["maximize" if d == "max" else "minimize" for d in OBJECTIVES.values()],
+        load_if_exists=True,
+    )
+    if SEARCH_ID_KEY not in s.user_attrs:
+        s.set_user_attr(SEARCH_ID_KEY, uuid.uuid4().hex)
+    return s.user_attrs[SEARCH_ID_KEY]
 
 
 class _MissingTrialFilesFilter(logging.Filter):
@@ -419,6 +474,7 @@ def _study_outcome(
             "number": run.data.tags.get("mcel.optuna_number"),
             "params": dict(run.data.params),
             "metrics": dict(run.data.metrics),
+            "error": run.data.tags.get("mcel.error"),
         }
         if row["role"] == "baseline":
             outcome.baseline = row

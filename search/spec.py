@@ -97,7 +97,7 @@ from typing import Any
 
 from ..core.errors import BadInputError
 from ..core.params import Param
-from ..core.training import TrainConfig
+from ..core.training import MAX_EPOCHS, MAX_SEED, TrainConfig
 from .optuna_options import (
     PRUNER_ALIASES,
     PRUNERS,
@@ -126,6 +126,12 @@ from .validate import (
     uri_scheme,
 )
 
+#: Upper bounds of the spec's sizes (every integer has one; the training fields' are in
+#: core.training.TRAIN_BOUNDS): generous for real searches, far below what would hang or exhaust a machine.
+MAX_TRIALS = 100_000  # trials_per_arch, concurrency
+MAX_REPS = 10_000  # error realizations per measurement
+MAX_SAMPLES = 10**9  # limit_train, limit_test, objective.subset
+MAX_RETRIES = 1_000  # failure.max_retries
 #: Bit widths a spec may name (1 = binary, 32 = float); each architecture supports a subset.
 BITS: tuple[int, ...] = (1, 2, 4, 8, 32)
 #: Forms of a searched parameter.
@@ -341,9 +347,13 @@ def _data(errs: Errors, value: Any) -> DataSpec | None:
     out = {
         "name": check_choice(errs, f"{path}.name", raw["name"], names) if "name" in raw else None,
         "root": check_str(errs, f"{path}.root", raw["root"], optional=True),
-        "split_seed": check_int(errs, f"{path}.split_seed", raw["split_seed"], ge=0),
-        "limit_train": check_int(errs, f"{path}.limit_train", raw["limit_train"], ge=1, optional=True),
-        "limit_test": check_int(errs, f"{path}.limit_test", raw["limit_test"], ge=1, optional=True),
+        "split_seed": check_int(errs, f"{path}.split_seed", raw["split_seed"], ge=0, le=MAX_SEED),
+        "limit_train": check_int(
+            errs, f"{path}.limit_train", raw["limit_train"], ge=1, le=MAX_SAMPLES, optional=True
+        ),
+        "limit_test": check_int(
+            errs, f"{path}.limit_test", raw["limit_test"], ge=1, le=MAX_SAMPLES, optional=True
+        ),
     }
     return DataSpec(**out)
 
@@ -459,11 +469,11 @@ def _objective(errs: Errors, value: Any) -> ObjectiveSpec:
     raw = check_section(errs, "objective", value, ObjectiveSpec)
     return ObjectiveSpec(
         target_ber=_ber(errs, "objective.target_ber", raw["target_ber"]),
-        reps=check_int(errs, "objective.reps", raw["reps"], ge=1),
-        seed=check_int(errs, "objective.seed", raw["seed"], ge=0),
+        reps=check_int(errs, "objective.reps", raw["reps"], ge=1, le=MAX_REPS),
+        seed=check_int(errs, "objective.seed", raw["seed"], ge=0, le=MAX_SEED),
         p10=_ber(errs, "objective.p10", raw["p10"], optional=True),
-        every=check_int(errs, "objective.every", raw["every"], ge=1),
-        subset=check_int(errs, "objective.subset", raw["subset"], ge=1, optional=True),
+        every=check_int(errs, "objective.every", raw["every"], ge=1, le=MAX_EPOCHS),
+        subset=check_int(errs, "objective.subset", raw["subset"], ge=1, le=MAX_SAMPLES, optional=True),
     )
 
 
@@ -474,7 +484,9 @@ def _sweep(errs: Errors, value: Any, target_ber: float | None) -> SweepSpec:
     bers = [b for b in bers if b is not None]
     if target_ber is not None and target_ber not in bers:
         bers.append(target_ber)
-    return SweepSpec(bers=tuple(sorted(bers)), reps=check_int(errs, "sweep.reps", raw["reps"], ge=1))
+    return SweepSpec(
+        bers=tuple(sorted(bers)), reps=check_int(errs, "sweep.reps", raw["reps"], ge=1, le=MAX_REPS)
+    )
 
 
 def _resources(errs: Errors, value: Any) -> ResourceSpec:
@@ -493,7 +505,7 @@ def _sampler(errs: Errors, value: Any) -> SamplerSpec:
         value = {"name": value}
     raw = check_section(errs, "sampler", value, SamplerSpec)
     name = check_choice(errs, "sampler.name", raw["name"], list(SAMPLERS))
-    seed = check_int(errs, "sampler.seed", raw["seed"], ge=0)
+    seed = check_int(errs, "sampler.seed", raw["seed"], ge=0, le=MAX_SEED)
     options = raw["options"]
     if name is not None:
         cls = getattr(optuna.samplers, SAMPLERS[name])
@@ -528,7 +540,7 @@ def _pruner(errs: Errors, value: Any) -> PrunerSpec:
             mode,
             f"{metric} is {PRUNER_METRICS[metric]}imized: set mode: {PRUNER_METRICS[metric]}",
         )
-    patience = check_int(errs, "pruner.patience", raw["patience"], ge=0, optional=True)
+    patience = check_int(errs, "pruner.patience", raw["patience"], ge=0, le=MAX_EPOCHS, optional=True)
     options = raw["options"]
     if name is not None:
         cls = getattr(optuna.pruners, PRUNERS[name])
@@ -582,7 +594,9 @@ def _storage(errs: Errors, value: Any) -> StorageSpec:
 
 def _failure(errs: Errors, value: Any) -> FailureSpec:
     raw = check_section(errs, "failure", value, FailureSpec)
-    return FailureSpec(max_retries=check_int(errs, "failure.max_retries", raw["max_retries"], ge=0))
+    return FailureSpec(
+        max_retries=check_int(errs, "failure.max_retries", raw["max_retries"], ge=0, le=MAX_RETRIES)
+    )
 
 
 # ------------------------------------------------------------------------------------------- public API
@@ -671,9 +685,11 @@ def parse_spec(data: Any, *, source: str = "<dict>", early: Sequence[str] = ()) 
     objective = _objective(errs, get("objective"))
     sweep = _sweep(errs, get("sweep"), objective.target_ber)
     trials = (
-        check_int(errs, "trials_per_arch", raw["trials_per_arch"], ge=1) if "trials_per_arch" in raw else None
+        check_int(errs, "trials_per_arch", raw["trials_per_arch"], ge=1, le=MAX_TRIALS)
+        if "trials_per_arch" in raw
+        else None
     )
-    concurrency = check_int(errs, "concurrency", raw.get("concurrency", 1), ge=1)
+    concurrency = check_int(errs, "concurrency", raw.get("concurrency", 1), ge=1, le=MAX_TRIALS)
     spec_kwargs = {
         "resources": _resources(errs, get("resources")),
         "sampler": _sampler(errs, get("sampler")),

@@ -55,6 +55,7 @@ from ray.tune.experiment import Trial
 from ..core.errors import ResumableError
 from ..core.losses import all_loss_params, relative_separation
 from . import sender
+from .preflight import SEARCH_ID_KEY
 from .pruning import trial_key
 from .redact import redact_credentials
 from .searcher import NUMBER_KEY
@@ -151,8 +152,12 @@ def find_run(client: MlflowClient, experiment_id: str, tags: dict[str, str]) -> 
 def parent_run(
     client: MlflowClient, experiment_id: str, study: str, tags: dict[str, str], params: dict[str, Any]
 ) -> str:
-    """Find or create the parent run of ``study``."""
-    found = find_run(client, experiment_id, {"mcel.role": "parent", "mcel.study": study})
+    """Find or create the parent run of ``study``: the one of this search (``tags["mcel.search_id"]``,
+    when given: the study instance, see :func:`~.preflight.check_search_identity`)."""
+    identity = {"mcel.role": "parent", "mcel.study": study}
+    if SEARCH_ID_KEY in tags:
+        identity[SEARCH_ID_KEY] = tags[SEARCH_ID_KEY]
+    found = find_run(client, experiment_id, identity)
     if found:
         return found
     run = client.create_run(

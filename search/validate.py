@@ -58,12 +58,14 @@ def is_num(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(float(value))
 
 
-def check_int(errs: Errors, path: str, value: Any, *, ge: int, optional: bool = False) -> Any:
+def check_int(errs: Errors, path: str, value: Any, *, ge: int, le: int, optional: bool = False) -> Any:
+    """An integer in ``[ge, le]`` (bools are not integers). Every integer has an upper bound: a size
+    without one (``epochs: 10**12``) would be accepted and then hang or exhaust the machine."""
     if optional and value is None:
         return None
-    if is_int(value) and value >= ge:
+    if is_int(value) and ge <= value <= le:
         return int(value)
-    errs.add(path, value, f"an integer >= {ge}" + (" or null" if optional else ""))
+    errs.add(path, value, f"an integer >= {ge} and <= {le:_}" + (" or null" if optional else ""))
     return None
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -164,3 +164,9 @@ def tune_analysis_messages() -> Iterator[list[str]]:
     log.addHandler(seen)
     yield seen.messages
     log.removeHandler(seen)
+
+
+@pytest.fixture()
+def unused_port() -> Callable[[], int]:
+    """A function giving a TCP port on 127.0.0.1 that nothing listens on now."""
+    return free_port

@@ -31,7 +31,7 @@ FORBIDDEN = {
     f"{PACKAGE}.analysis": ("ray", "optuna", f"{PACKAGE}.search"),
 }
 BARE = ("core", "search", "analysis")
-SCANNED_FOR_BARE = ("core", "search", "analysis", "tests", "benchmarks")
+SCANNED_FOR_BARE = ("core", "search", "analysis", "mcel_search", "tests", "benchmarks")
 
 
 @dataclass(frozen=True)

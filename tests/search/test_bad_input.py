@@ -209,6 +209,18 @@ SPEC_CASES: list[tuple[str, SpecEdit, list[str]]] = [
         lambda s, e: _set(s, "tracking.uri", f"sqlite:///{file_in_the_way(e)}/mlflow.db"),
         ["tracking.uri", "blocker/mlflow.db", "is a file, not a directory", "allowed:"],
     ),
+    # sizes: every integer has an upper bound (an unbounded one was accepted, then hung or ran for ever)
+    ("epochs-huge", edit("train.epochs", 10**12), ["train.epochs", "1000000000000", "<= 100_000"]),
+    ("batch-size-huge", edit("train.batch_size", 10**12), ["train.batch_size", "<= 1_048_576"]),
+    ("trials-huge", edit("trials_per_arch", 10**12), ["trials_per_arch", "<= 100_000"]),
+    ("reps-huge", edit("objective.reps", 10**12), ["objective.reps", "<= 10_000"]),
+    ("seed-beyond-32-bits", edit("sampler.seed", 2**40), ["sampler.seed", str(2**40), "<= 4_294_967_295"]),
+    # resources no node of the local Ray can ever give: refused before Ray starts (it would wait for ever)
+    (
+        "cpus-no-node-has",
+        edit("resources.cpu", 100_000),
+        ["resources.cpu", "100000", "more than the", "CPUs of the local Ray instance"],
+    ),
 ]
 
 
@@ -283,6 +295,30 @@ def test_storage_read_only_dir(env: Env, capsys: pytest.CaptureFixture) -> None:
     path = env.write(_read_only_storage(env.spec(), env))
     status, lines, err = run_cli(["search", path, "--quiet"], capsys)
     assert_one_line(status, lines, err, ["storage.path", "read-only/ray", "no write permission"])
+    assert_nothing_launched(env)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: the cases need one without")
+@pytest.mark.parametrize(
+    "dotted, value, needles",
+    [
+        ("resources.gpu", 1, ["resources.gpu", "has 0 GPU(s)", "allowed: 0, or --ray-address"]),
+        ("train.device", "cuda", ["train.device", "'cuda'", "not available here", "allowed: auto or cpu"]),
+    ],
+)
+def test_gpu_asked_on_a_machine_without_one(
+    dotted: str, value: Any, needles: list[str], env: Env, capsys: pytest.CaptureFixture
+) -> None:
+    """Every trial would fail (or never start) on the local Ray: refused before launch, one line."""
+    status, lines, err = run_cli(["search", env.write(_set(env.spec(), dotted, value)), "--quiet"], capsys)
+    assert_one_line(status, lines, err, needles)
+    assert_nothing_launched(env)
+
+
+@pytest.mark.parametrize("count", ["0", "-1"])
+def test_num_cpus_that_is_no_count(count: str, env: Env, capsys: pytest.CaptureFixture) -> None:
+    status, lines, err = run_cli(["search", env.write(env.spec()), "--quiet", "--num-cpus", count], capsys)
+    assert_one_line(status, lines, err, ["--num-cpus", count, "an integer >= 1"])
     assert_nothing_launched(env)
 
 
@@ -420,11 +456,31 @@ def test_exploit_fixture_really_runs_code(env: Env) -> None:
     assert (env.root / "PWNED").exists()
 
 
-def catalog_size() -> int:
-    """The number of bad inputs in this file (README "Reliability")."""
-    return (
-        len(SPEC_CASES) + len(CHECKPOINT_CASES) + 3
-    )  # + read-only dir, missing spec file, bad fault variable
+def test_a_search_without_a_completed_trial_exits_4_with_one_line(
+    env: Env, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search ran, but every trial of a study errored or was pruned: nothing to select, so not exit 0."""
+    from mcel_search.search import runner
+
+    study = runner.StudyOutcome(
+        study="bad-small_cnn-4b",
+        arch="small_cnn",
+        bits=4,
+        parent_run_id="p",
+        trials=[
+            {"state": "errored", "error": "training diverged: loss is nan in epoch 1"},
+            {"state": "pruned", "error": None},
+        ],
+    )
+    outcome = runner.SearchOutcome(
+        experiment_id="1", tracking_uri="sqlite:///x", storage_path="/x", studies=[study]
+    )
+    monkeypatch.setattr(runner, "run_search", lambda *a, **k: outcome)
+    status, lines, err = run_cli(["search", env.write(env.spec()), "--quiet"], capsys)
+    assert status == cli.EXIT_NO_RESULT == 4, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in ("no trial completed", "bad-small_cnn-4b (1 errored, 1 pruned)", "loss is nan in epoch 1"):
+        assert needle in lines[0], lines[0]
 
 
 @pytest.mark.parametrize("error", ["StorageFaultError", "TrackingUnavailableError"])

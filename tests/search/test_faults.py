@@ -184,7 +184,7 @@ def test_mlflow_server_restarted_mid_search_loses_nothing(
     Every epoch of every trial is in MLflow exactly once and the final tags are set."""
     server = own_mlflow_server
     server.start()
-    epochs = 4
+    epochs = 6  # the outage starts after epoch 1: five epochs of room on a slow or loaded machine
     spec_dict = small_spec(
         "blink",
         train={"epochs": epochs, "batch_size": 64, "step_size": 2, "device": "cpu"},
@@ -202,7 +202,7 @@ def test_mlflow_server_restarted_mid_search_loses_nothing(
                 epochs_seen = [r.data.metrics.get("epoch", 0) for r in _runs(client, "blink")]
             except Exception:
                 epochs_seen = []
-            if epochs_seen and max(epochs_seen) >= 2:
+            if epochs_seen and max(epochs_seen) >= 1:
                 outage["at_epoch"] = max(epochs_seen)
                 server.stop()
                 outage["down"] = time.monotonic()
@@ -212,14 +212,14 @@ def test_mlflow_server_restarted_mid_search_loses_nothing(
                 return
             time.sleep(0.3)
 
-    caplog.set_level(logging.WARNING, logger="mcel_search.search.tracking")
+    caplog.set_level(logging.WARNING, logger="mcel_search.search.sender")
     thread = threading.Thread(target=blink, daemon=True)
     thread.start()
     run_search(spec, verbose=0)
     thread.join(timeout=120)
     assert "up" in outage, f"the server was never restarted: {outage}"
     assert outage["at_epoch"] < epochs, "the search ended before the outage: nothing was tested"
-    messages = [r.getMessage() for r in caplog.records if r.name == "mcel_search.search.tracking"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "mcel_search.search.sender"]
     assert any("unreachable" in m and "buffering" in m for m in messages), messages
     assert any("back after" in m for m in messages), messages
     client = MlflowClient(server.uri)

@@ -23,3 +23,34 @@ def test_tunes_missing_files_warning_is_dropped_only_while_the_files_are_off(
         "Failed to fetch metrics for 1 trial(s):\n- t2: FileNotFoundError(...)",
     ]
     assert sum(type(f).__name__ == "_MissingTrialFilesFilter" for f in log.filters) == 1
+
+
+def test_local_ray_start_is_retried_once_after_rays_startup_timeout(monkeypatch) -> None:
+    """Ray waits a fixed 30 s for its node; on a loaded machine that can pass. A loaded machine cannot be
+    made on demand, so ray.init is replaced here (the only stand-in of this file) by one that times out as
+    Ray does, to check the retry: once after a start-up timeout, never after another error."""
+    import pytest
+    import ray
+
+    from mcel_search.search import runner
+
+    calls: list[dict] = []
+    outcomes = [Exception("The current node timed out during startup. This could happen because ..."), None]
+
+    def fake_init(**kwargs):
+        calls.append(kwargs)
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "init", fake_init)
+    runner._init_ray(None, 1)
+    assert len(calls) == 2 and all(c["address"] == "local" for c in calls)  # never another process's Ray
+
+    calls.clear()
+    outcomes[:] = [RuntimeError("port in use"), None]
+    with pytest.raises(RuntimeError, match="port in use"):
+        runner._init_ray(None, 1)
+    assert len(calls) == 1

@@ -5,10 +5,13 @@ Small model (small_cnn on digits), few epochs, so each search takes well under a
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -272,3 +275,123 @@ def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server,
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def _mcel_search(
+    spec: dict, tmp_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    cmd = [sys.executable, "-m", "mcel_search.search.cli", "search", str(path), "--num-cpus", "2", "--quiet"]
+    return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
+
+
+def test_a_local_search_never_joins_another_ray_cluster(tmp_path, small_spec, unused_port) -> None:
+    """A Ray cluster of another process runs on this machine and RAY_ADDRESS points at it (as on a login
+    node): the local search starts a Ray of its own, so its trials run on a node of that one."""
+    import psutil
+
+    temp = Path(tempfile.mkdtemp(prefix="foreign-ray-", dir="/tmp"))
+    port = unused_port()
+    ray_bin = Path(sys.executable).with_name("ray")
+    foreign = subprocess.Popen(
+        [
+            str(ray_bin),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            f"--temp-dir={temp}",
+            "--include-dashboard=false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    address = f"127.0.0.1:{port}"
+    try:
+        probe = "import ray; ray.init(address='auto'); print(ray.get_runtime_context().get_node_id())"
+        deadline, node = time.monotonic() + 120, None
+        while node is None and time.monotonic() < deadline:
+            got = subprocess.run(
+                [sys.executable, "-c", probe],
+                env={**os.environ, "RAY_ADDRESS": address},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            node = got.stdout.strip().splitlines()[-1] if got.returncode == 0 and got.stdout.strip() else None
+            time.sleep(1 if node is None else 0)
+        assert node, "the foreign Ray cluster did not start"
+        spec = small_spec("foreign", trials_per_arch=2, concurrency=2, train={"epochs": 1, "batch_size": 64})
+        proc = _mcel_search(spec, tmp_path, {"RAY_ADDRESS": address})
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        client = MlflowClient(spec["tracking"]["uri"])
+        nodes = {r.data.tags.get("mcel.node_id") for r in child_runs(client, "foreign")}
+        assert nodes and None not in nodes and node not in nodes, (node, nodes)
+    finally:
+        os.killpg(foreign.pid, signal.SIGTERM)
+        foreign.wait(timeout=60)
+        for p in psutil.process_iter(["cmdline"]):  # Ray's daemons of that cluster outlive `ray start`
+            if str(temp) in " ".join(p.info["cmdline"] or []):
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_search_where_every_trial_errored_exits_non_zero(tmp_path, small_spec) -> None:
+    """Every trial raises at its first epoch and may not retry: the search ends, but with exit 4 and one
+    line naming the study, its counts and the first error; never 0."""
+    spec = small_spec(
+        "allfail", trials_per_arch=2, train={"epochs": 2, "batch_size": 64}, failure={"max_retries": 0}
+    )
+    proc = _mcel_search(spec, tmp_path, {"MCEL_FAULT_INJECT": "raise_once:epoch=1"})
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mcel: error:")]
+    assert proc.returncode == 4, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert len(errors) == 1 and "no trial completed" in errors[0], proc.stderr[-2000:]
+    assert "allfail-small_cnn-4b (2 errored, 0 pruned)" in errors[0] and "InjectedFault" in errors[0], errors
+
+
+def test_an_edited_search_under_the_same_name_but_new_storage_is_refused(tmp_path, small_spec) -> None:
+    """The stale-results scenario: a search ran; the spec is edited and run again under the same name with a
+    new storage.path. Its trials would get the old runs' trial keys and the old summary would be printed:
+    it is refused in one line, before anything is created, and the old search resumes as it was."""
+    first = small_spec("stale", trials_per_arch=2, train={"epochs": 1, "batch_size": 64})
+    done = _mcel_search(first, tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    client = MlflowClient(first["tracking"]["uri"])
+    runs_before = sorted(r.info.run_id for r in child_runs(client, "stale"))
+
+    edited = {
+        **first,
+        "space": {"margin": {"choice": [4.0, 8.0]}, "b": 16.0},
+        "storage": {"path": str(tmp_path / "new")},
+    }
+    refused = _mcel_search(edited, tmp_path)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert "tracking.experiment: 'stale'" in lines[0] and "already holds a search" in lines[0], lines
+    assert not (tmp_path / "new").exists()  # nothing created for the refused search
+    assert sorted(r.info.run_id for r in child_runs(client, "stale")) == runs_before
+
+    path = tmp_path / "stale.yaml"
+    path.write_text(yaml.safe_dump(first, sort_keys=False))
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcel_search.search.cli",
+            "search",
+            str(path),
+            "--num-cpus",
+            "2",
+            "--quiet",
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(r.info.run_id for r in child_runs(client, "stale")) == runs_before

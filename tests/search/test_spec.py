@@ -388,7 +388,7 @@ def test_three_independent_mistakes_are_all_reported() -> None:
     errors = info.value.errors
     assert len(errors) == 3, errors
     assert errors[0] == "space.margin.uniform: [8, 2] — low must be < high"
-    assert errors[1] == "train.epochs: 0 — an integer >= 1"
+    assert errors[1] == "train.epochs: 0 — an integer >= 1 and <= 100_000"
     assert errors[2].startswith("sampler.name: 'nsga3' — one of nsga2, tpe, random")
     assert str(info.value) == "\n".join(errors)
 
