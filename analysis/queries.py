@@ -21,11 +21,12 @@ from mlflow.tracking import MlflowClient
 
 from ..core.errors import BadInputError
 from ..core.losses import relative_separation
+from ..core.redact import redact_credentials
+from .stores import open_store
 
 if TYPE_CHECKING:
     from .selection import Selection
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 CURVE_ARTIFACT = "ber_curve.csv"
 NUMERIC_PARAMS = ("margin", "b", "mhl_margin", "logit_scale", "relative_separation")
@@ -34,14 +35,6 @@ KEY_METRICS = ("clean_acc", "ber_acc", "ber_acc_std", "ber_acc_min", "mlm", "tra
 
 class ExperimentNotFoundError(BadInputError):
     """No MLflow experiment of that name at that tracking URI."""
-
-
-def default_tracking_uri(uri: str | None = None) -> str:
-    """``uri``, else ``$MLFLOW_TRACKING_URI``, else the demo store; relative SQLite paths made absolute."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    return uri
 
 
 def _experiment_id(client: MlflowClient, experiment: str, tracking_uri: str) -> str:
@@ -78,8 +71,7 @@ def runs_frame(
     ``filters`` are tag equalities (e.g. ``{"arch": "vgg3", "bits": "4"}``); ``filter_string`` is any MLflow
     search filter, ANDed with them. Parent runs are left out unless ``include_parents``.
     """
-    uri = default_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client, uri = open_store(tracking_uri)
     exp_id = _experiment_id(client, experiment, uri)
     clauses = [f"tags.`{k}` = '{v}'" for k, v in (filters or {}).items()]
     if filter_string:
@@ -145,8 +137,7 @@ def runs_frame(
 
 def ber_records(run_id: str, *, tracking_uri: str | None = None) -> pd.DataFrame:
     """The run's ``ber_curve.csv``: one row per (ber, rep) with ``seed`` and ``accuracy``."""
-    uri = default_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client, _ = open_store(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, CURVE_ARTIFACT, tmp)
         with open(path, newline="") as fh:
@@ -172,7 +163,7 @@ def realizations(run_id: str, ber: float, *, tracking_uri: str | None = None) ->
 
 def metric_history(run_id: str, key: str, *, tracking_uri: str | None = None) -> pd.DataFrame:
     """``step``, ``value`` of one metric of one run, ordered by step (last value per step)."""
-    client = MlflowClient(default_tracking_uri(tracking_uri))
+    client, _ = open_store(tracking_uri)
     hist = client.get_metric_history(run_id, key)
     df = pd.DataFrame([{"step": m.step, "value": m.value, "timestamp": m.timestamp} for m in hist])
     if df.empty:
@@ -268,11 +259,20 @@ def register_checkpoint(client: MlflowClient, run_id: str, name: str, alias: str
 def download_checkpoint(uri: str, dst: str | os.PathLike, *, tracking_uri: str | None = None) -> Path:
     """Download a ``runs:/...`` or ``models:/...`` checkpoint URI into ``dst``; returns the ``model.pt`` path."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
+    _, store = open_store(tracking_uri)  # a store that exists and answers, or one line
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(default_tracking_uri(tracking_uri))
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    mlflow.set_tracking_uri(store)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as exc:  # an unknown run id, model, version or alias
+        first = " ".join(str(exc).split("\n")[0].split())[:300]
+        raise BadInputError(
+            f"checkpoint: {uri!r} — not found at {redact_credentials(store)!r} ({first}); allowed: "
+            "runs:/<run id>/checkpoint/model.pt or models:/<name>@<alias> of that tracking store"
+        ) from None
     if local.is_dir():
         found = sorted(local.rglob("model.pt"))
         if not found:

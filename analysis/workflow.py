@@ -15,15 +15,16 @@ from typing import Any
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
+from ..core.paths import child_path
 from .queries import (
     ber_records,
-    default_tracking_uri,
     metric_history,
     register_checkpoint,
     selections,
     tag_front_and_selection,
 )
 from .selection import Selection, format_selection
+from .stores import open_store
 
 
 def _group_name(experiment: str, sel: Selection) -> str:
@@ -49,9 +50,8 @@ def pareto_command(
 ) -> str:
     """Front and selected point per group as text; tags ``mcel.pareto``/``mcel.selected`` in MLflow and,
     with ``register``, registers each selected checkpoint as ``<experiment>-<arch>-<bits>b`` @ ``alias``."""
-    uri = default_tracking_uri(tracking_uri)
+    client, uri = open_store(tracking_uri)
     df, sels, _ = selections(experiment, tracking_uri=uri, **kwargs)
-    client = MlflowClient(uri)
     blocks = []
     for sel in sels:
         text = [
@@ -96,15 +96,14 @@ def report_command(
     from .plots import plot_ber_curves, plot_margins, plot_mlm, plot_pareto
     from .report import ReportSection, write_report
 
-    uri = default_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
+    client, uri = open_store(tracking_uri)
     df, sels, ber = selections(experiment, tracking_uri=uri, **kwargs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     sections = []
     for sel in sels:
         name = _group_name(experiment, sel)
-        fig_dir = out / name
+        fig_dir = child_path(out, name)  # names come from MLflow tags: never outside out_dir
         fig_dir.mkdir(parents=True, exist_ok=True)
         runs = _group_runs(df, sel)
         chosen = [r for r in (sel.baseline, sel.row) if r is not None]

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..core.errors import BadInputError, McelError, NoResultError, ResumableError
+from ..core.redact import redact_credentials
 
 #: Exit status of bad input (:class:`BadInputError` and path errors of files the user named).
 EXIT_BAD_INPUT = 2
@@ -144,14 +145,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.training import resolve_device
 
     device = resolve_device(args.device)
-    path = args.checkpoint
-    if path.startswith(("runs:/", "models:/")):
-        from ..analysis.queries import download_checkpoint
+    with tempfile.TemporaryDirectory(prefix="mcel-ckpt-") as tmp:  # a downloaded checkpoint: removed after
+        path = args.checkpoint
+        if path.startswith(("runs:/", "models:/")):
+            from ..analysis.queries import download_checkpoint
 
-        path = str(
-            download_checkpoint(path, tempfile.mkdtemp(prefix="mcel-ckpt-"), tracking_uri=args.tracking_uri)
-        )
-    model, payload = load_checkpoint(path, device=device)
+            path = str(download_checkpoint(path, tmp, tracking_uri=args.tracking_uri))
+        model, payload = load_checkpoint(path, device=device)
     data_cfg = dict(payload.get("data", {}))
     name = data_cfg.pop("name", None)
     if name is None:
@@ -220,9 +220,11 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from .preflight import resolve_storage_path
     from .runner import plan, run_search
+    from .spec import check_overrides
     from .spec_file import load_spec
 
     spec = load_spec(args.spec)
+    check_overrides(args.tracking_uri, args.storage)
     tracking_uri = args.tracking_uri or spec.tracking.uri
     storage = resolve_storage_path(args.storage or spec.storage.path)
     if args.dry_run:
@@ -254,7 +256,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     print()
     print(pareto_summary(spec.experiment_name(), outcome.tracking_uri))
     uri = outcome.tracking_uri
-    print(f"\nMLflow experiment {spec.experiment_name()!r} (id {outcome.experiment_id}) at {uri}")
+    shown = redact_credentials(uri)
+    print(f"\nMLflow experiment {spec.experiment_name()!r} (id {outcome.experiment_id}) at {shown}")
     if uri.startswith(("sqlite:", "file:")) or "://" not in uri:
         print(
             f"open the UI with:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
@@ -354,6 +357,7 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from ..analysis.queries import best_checkpoints, download_checkpoint
+    from ..core.paths import child_path
 
     best = best_checkpoints(args.experiment, **_selection_kwargs(args))
     if best.empty:
@@ -369,7 +373,7 @@ def cmd_best(args: argparse.Namespace) -> int:
         print(f"  {row['verdict']}")
         print(f"  checkpoint: {row['checkpoint_uri']}")
         if args.download:
-            dst = Path(args.download) / f"{row['arch']}-{int(row['bits'])}b"
+            dst = child_path(args.download, f"{row['arch']}-{int(row['bits'])}b")  # tags: never outside
             path = download_checkpoint(row["checkpoint_uri"], dst, tracking_uri=args.tracking_uri)
             print(f"  downloaded to {path}")
     return 0
@@ -416,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow prints a "View run ... at <tracking URI>" pair per finished run: noise per trial, and the URI
+    # would carry a password given in it
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     from ..core.allocator import tune_cpu_allocator
 
     tune_cpu_allocator()  # every command's CPU work (evaluate's BER sweeps too); MCEL_TUNE_MALLOC=0: off
@@ -439,7 +446,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _error_lines(exc: BaseException) -> list[str]:
     """What ``mcel: error:`` prints: every line of a spec error (one per bad field), else the first line
     of the message; an exception that is not the product's own is labelled a bug."""
-    from .redact import redact_credentials
 
     if isinstance(exc, (McelError, *PATH_ERRORS)):
         lines = getattr(exc, "errors", None) or str(exc).splitlines()[:1] or [type(exc).__name__]

@@ -1,7 +1,7 @@
 """Checks that run before a search starts anything: what the spec cannot know on its own.
 
 :func:`preflight` checks that the storage path can be written, the tracking store is usable (a writable
-SQLite/file directory, or a server that accepts a connection within :data:`PREFLIGHT_TIMEOUT_S`), the
+SQLite/file directory, or a server that accepts a connection within :data:`~mcel_search.analysis.stores.CONNECT_TIMEOUT_S`), the
 data files are there and no search of the same name is in the way. A problem is one
 :class:`PreflightError` (or :class:`SearchStateError`) line naming the field, the value and what is
 allowed; nothing has been started or written when it is raised.
@@ -10,12 +10,11 @@ allowed; nothing has been started or written when it is raised.
 from __future__ import annotations
 
 import os
-import socket
-import time
 from pathlib import Path
 
+from ..analysis.stores import check_mlflow_server, check_reachable, local_store_path
 from ..core.errors import BadInputError
-from .redact import redact_credentials
+from ..core.redact import redact_credentials
 from .spec import SearchSpec
 
 
@@ -25,11 +24,6 @@ class SearchStateError(BadInputError):
 
 class PreflightError(BadInputError):
     """The environment cannot run the spec (storage, tracking server, data); one line: field, value, allowed."""
-
-
-#: Seconds a preflight connection to the tracking server (or an RDB) may take.
-PREFLIGHT_TIMEOUT_S = 5.0
-_DEFAULT_PORTS = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306}
 
 
 def resolve_storage_path(path: str) -> str:
@@ -66,38 +60,26 @@ def _check_writable_dir(field_name: str, value: str, directory: Path) -> None:
         )
 
 
-def _check_reachable(field_name: str, uri: str, what: str) -> None:
-    """A TCP connection to the host and port of ``uri`` opens within :data:`PREFLIGHT_TIMEOUT_S`."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    scheme = parts.scheme.split("+")[0].lower()
-    try:
-        host, port = parts.hostname, parts.port or _DEFAULT_PORTS.get(scheme)
-    except ValueError:
-        host, port = None, None
-    shown = redact_credentials(uri)
-    if not host or not port:
-        raise PreflightError(f"{field_name}: {shown!r} — no host and port in it; allowed: {what}")
-    start = time.monotonic()
-    try:
-        with socket.create_connection((host, port), timeout=PREFLIGHT_TIMEOUT_S):
-            pass
-    except OSError as exc:
-        reason = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or type(exc).__name__)
-        raise PreflightError(
-            f"{field_name}: {shown!r} — unreachable ({reason} after {time.monotonic() - start:.1f}s); "
-            f"allowed: {what}"
-        ) from None
+def _reachable(field_name: str, uri: str, what: str) -> None:
+    check_reachable(field_name, uri, what, PreflightError)
 
 
 def _check_db_url(field_name: str, url: str, what: str) -> None:
     scheme = url.split(":", 1)[0].split("+")[0].lower()
     if scheme == "sqlite":
         db = Path(url.split(":///", 1)[-1].split("?", 1)[0]).expanduser()
-        _check_writable_dir(field_name, redact_credentials(url), db.resolve().parent)
+        shown = redact_credentials(url)
+        _check_writable_dir(field_name, shown, db.resolve().parent)
+        if db.is_dir():
+            raise PreflightError(f"{field_name}: {shown!r} — is a directory; allowed: {what}")
+        if db.is_file() and db.stat().st_size > 0:
+            with db.open("rb") as fh:
+                if fh.read(16) != b"SQLite format 3\x00":
+                    raise PreflightError(
+                        f"{field_name}: {shown!r} — exists and is not an SQLite database; allowed: {what}"
+                    )
     elif scheme in ("postgresql", "mysql"):
-        _check_reachable(field_name, url, what)
+        _reachable(field_name, url, what)
 
 
 def _check_data(spec: SearchSpec) -> None:
@@ -120,6 +102,17 @@ def _check_data(spec: SearchSpec) -> None:
             f"{field_name}: {root!r} — {first}; allowed: a directory holding the {d.name} files "
             f"(set dataset.root or {DATA_ROOT_ENV})"
         ) from None
+
+
+def check_ray_address(address: str) -> None:
+    """``--ray-address`` names a cluster that accepts a connection within
+    :data:`~mcel_search.analysis.stores.CONNECT_TIMEOUT_S` (``auto`` is left to Ray): a closed port would
+    otherwise hang in ``ray.init`` for minutes."""
+    if address == "auto":
+        return
+    uri = address if "://" in address else f"ray://{address}"
+    what = "the address of a running Ray cluster: ray://<head>:10001 or <head>:6379"
+    check_reachable("--ray-address", uri, what, PreflightError)
 
 
 def check_local_resources(spec: SearchSpec, num_cpus: int | None) -> None:
@@ -179,12 +172,9 @@ def recorded_search_ids(tracking_uri: str, experiment: str) -> dict[str, set[str
     store (a missing SQLite file or store directory holds none)."""
     from mlflow.tracking import MlflowClient
 
-    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri[len("sqlite:///") :]).is_file():
+    local = local_store_path(tracking_uri)
+    if local is not None and not (local.is_file() if tracking_uri.startswith("sqlite:") else local.is_dir()):
         return {}
-    if "://" not in tracking_uri or tracking_uri.startswith("file:"):
-        local = tracking_uri[len("file:") :].lstrip("/") if tracking_uri.startswith("file:") else tracking_uri
-        if not Path("/" + local if tracking_uri.startswith("file:") else local).expanduser().is_dir():
-            return {}
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -227,7 +217,7 @@ def preflight(
     * the local storage path (and the Optuna SQLite file) can be written: its nearest existing ancestor is a
       writable directory;
     * the tracking store is usable: a SQLite/file store's directory is writable, an ``http(s)://`` server
-      (or a database) accepts a TCP connection within :data:`PREFLIGHT_TIMEOUT_S` seconds;
+      (or a database) accepts a TCP connection within :data:`~mcel_search.analysis.stores.CONNECT_TIMEOUT_S` seconds;
     * the data set's files are there (``check_data``; skipped for a remote Ray cluster, whose workers have
       their own data root);
     * without ``resume``, no search of the same name exists under the storage path.
@@ -247,7 +237,7 @@ def preflight(
         else None
     )
     if scheme in ("http", "https"):
-        _check_reachable("tracking.uri", tracking_uri, tracking_what)
+        check_mlflow_server("tracking.uri", tracking_uri, tracking_what, PreflightError)
     elif scheme is not None and scheme.split("+")[0] in ("sqlite", "postgresql", "mysql"):
         _check_db_url("tracking.uri", tracking_uri, tracking_what)
     elif scheme == "file" or scheme is None:
@@ -256,10 +246,12 @@ def preflight(
         _check_writable_dir("tracking.uri", tracking_uri, Path(path).expanduser().resolve())
     if "://" not in storage_path:
         _check_writable_dir("storage.path", storage_path, Path(storage_path))
-    if spec.storage.optuna:
-        _check_db_url(
-            "storage.optuna", spec.storage.optuna, "a writable sqlite:///<file> or a reachable database"
-        )
+    # the Optuna storage in force: the spec's URL, or the default SQLite file under the storage path
+    _check_db_url(
+        "storage.optuna",
+        spec.optuna_storage(storage_path),
+        "a writable sqlite:///<file> or a reachable database (default: <storage.path>/<name>/optuna.db)",
+    )
     if check_data:
         _check_data(spec)
     if not resume and "://" not in storage_path:

@@ -37,17 +37,18 @@ from typing import TYPE_CHECKING, Any
 
 from ..analysis.pareto import OBJECTIVES
 from ..core.errors import ResumableError
+from ..core.redact import redact_credentials
 from .optuna_options import create_pruner, create_sampler
 from .preflight import (
     SEARCH_ID_KEY,
     SearchStateError,
     check_local_resources,
+    check_ray_address,
     check_search_identity,
     preflight,
     resolve_storage_path,
     resolve_tracking_uri,
 )
-from .redact import redact_credentials
 from .spec import SearchSpec, flatten, spec_to_dict
 
 if TYPE_CHECKING:
@@ -148,7 +149,11 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
     else:
         # A new local instance of its own: address="local" never attaches to a Ray cluster that another
         # process runs on this machine (a plain ray.init() would: it reads the last session's address).
-        # The dashboard is off; if a user turns it on, it stays on the loopback interface.
+        # The dashboard is off; if a user turns it on, it stays on the loopback interface. Ray's gRPC
+        # ports listen on every interface whatever address it is given, so token authentication is on
+        # (Ray's token, ~/.ray/auth_token, created by ray.init if missing), even where RAY_AUTH_MODE says
+        # otherwise: nobody else on the network can submit work to a local search's Ray.
+        os.environ["RAY_AUTH_MODE"] = "token"
         for attempt in range(LOCAL_RAY_ATTEMPTS):
             try:
                 ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
@@ -241,10 +246,13 @@ def run_search(
     preflight(spec, tracking_uri, storage_path, resume=resume, check_data=not ray_address)
     import ray
 
-    if not ray_address and not ray.is_initialized():  # a new local Ray will be started: can it run this?
+    if ray_address:
+        check_ray_address(ray_address)
+    elif not ray.is_initialized():  # a new local Ray will be started: can it run this?
         check_local_resources(spec, num_cpus)
     optuna_url = resolve_tracking_uri(spec.optuna_storage(storage_path))
     check_search_identity(spec, tracking_uri, optuna_url)  # read-only: nothing exists yet if refused
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its links carry the URI
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot often: a killed driver loses little
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # No result.json / progress.csv / TensorBoard files per trial: MLflow holds the metrics, and writing

@@ -562,22 +562,46 @@ def _baseline(errs: Errors, value: Any) -> BaselineSpec:
     )
 
 
+#: What a tracking URI may be (spec field and ``--tracking-uri`` alike).
+TRACKING_WHAT = (
+    "an MLflow tracking URI: sqlite:///<file>, file:<dir>, http(s)://<host>[:<port>], "
+    "postgresql://..., mysql://... or a bare directory path"
+)
+#: What a storage path may be (spec field and ``--storage`` alike).
+STORAGE_WHAT = f"a directory or a URI with scheme {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
+#: MLflow keeps experiment names in a 256-character column.
+MAX_EXPERIMENT_NAME = 256
+
+
+def check_overrides(tracking_uri: str | None, storage_path: str | None) -> None:
+    """The command line's ``--tracking-uri`` and ``--storage`` checked exactly as the spec's fields are;
+    one :class:`SpecError` line per bad one."""
+    errs = Errors()
+    if tracking_uri is not None:
+        check_uri(errs, "--tracking-uri", tracking_uri, TRACKING_SCHEMES, TRACKING_WHAT, bare_path=True)
+    if storage_path is not None:
+        check_uri(errs, "--storage", storage_path, STORAGE_SCHEMES, STORAGE_WHAT, bare_path=True)
+    if errs.lines:
+        raise SpecError(errs.lines, "<command line>")
+
+
 def _tracking(errs: Errors, value: Any) -> TrackingSpec:
     raw = check_section(errs, "tracking", value, TrackingSpec)
-    what = (
-        "an MLflow tracking URI: sqlite:///<file>, file:<dir>, http(s)://<host>[:<port>], "
-        "postgresql://..., mysql://... or a bare directory path"
-    )
-    uri = check_uri(errs, "tracking.uri", raw["uri"], TRACKING_SCHEMES, what, bare_path=True)
-    return TrackingSpec(
-        uri=uri, experiment=check_str(errs, "tracking.experiment", raw["experiment"], optional=True)
-    )
+    uri = check_uri(errs, "tracking.uri", raw["uri"], TRACKING_SCHEMES, TRACKING_WHAT, bare_path=True)
+    experiment = check_str(errs, "tracking.experiment", raw["experiment"], optional=True)
+    if experiment is not None and (len(experiment) > MAX_EXPERIMENT_NAME or not experiment.isprintable()):
+        errs.add(
+            "tracking.experiment",
+            experiment,
+            f"at most {MAX_EXPERIMENT_NAME} printable characters (MLflow's limit)",
+        )
+        experiment = None
+    return TrackingSpec(uri=uri, experiment=experiment)
 
 
 def _storage(errs: Errors, value: Any) -> StorageSpec:
     raw = check_section(errs, "storage", value, StorageSpec)
-    what = f"a directory or a URI with scheme {', '.join(s + '://' for s in STORAGE_SCHEMES)}"
-    path = check_uri(errs, "storage.path", raw["path"], STORAGE_SCHEMES, what, bare_path=True)
+    path = check_uri(errs, "storage.path", raw["path"], STORAGE_SCHEMES, STORAGE_WHAT, bare_path=True)
     optuna = raw["optuna"]
     if optuna is not None:
         what = "null or an Optuna RDB URL: sqlite:///<file>, postgresql://..., mysql://..."

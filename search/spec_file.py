@@ -46,6 +46,29 @@ _Loader.add_implicit_resolver(
 )
 
 
+#: A spec is a few KB of YAML; the file never decides how much memory reading it takes.
+MAX_SPEC_BYTES = 1 << 20
+#: Values a spec may expand to through YAML aliases (a real spec has a few hundred; a "billion laughs"
+#: document a few KB long has 10**9).
+MAX_SPEC_VALUES = 100_000
+#: C0 controls but tab, line feed and carriage return; DEL; C1 controls.
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """How many values ``node`` stands for once every alias is expanded: linear in the document's size (a
+    node an alias refers to again is counted from ``seen``), however large the expansion."""
+    key = id(node)
+    if key not in seen:
+        if isinstance(node, yaml.MappingNode):
+            seen[key] = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            seen[key] = 1 + sum(_expanded_size(item, seen) for item in node.value)
+        else:
+            seen[key] = 1
+    return seen[key]
+
+
 def load_spec(path: str | os.PathLike) -> SearchSpec:
     """Read the YAML spec at ``path`` and validate it (see :func:`parse_spec`).
 
@@ -54,15 +77,51 @@ def load_spec(path: str | os.PathLike) -> SearchSpec:
             or holds an invalid spec (one line per bad field).
     """
     source = os.fspath(path)
-    if not os.path.isfile(source):
-        raise SpecError([f"spec: file {source!r} does not exist"], source)
+    shown = repr(source if len(source) <= 300 else f"{source[:140]}...{source[-140:]}")  # a name can be huge
     try:
+        if not os.path.isfile(source):
+            raise SpecError([f"spec: file {shown} does not exist"], source)
+        if os.path.getsize(source) > MAX_SPEC_BYTES:
+            raise SpecError(
+                [
+                    f"spec: file {shown} — {os.path.getsize(source):_} bytes; allowed: a spec of at most "
+                    f"{MAX_SPEC_BYTES:_} bytes"
+                ],
+                source,
+            )
         text = Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError([f"spec: file {source!r} — cannot be read: {exc}"], source) from None
+    except (OSError, ValueError) as exc:  # a name too long, a NUL in it, not UTF-8, unreadable
+        if isinstance(exc, SpecError):
+            raise
+        reason = " ".join(str(exc).split())[:200]
+        raise SpecError([f"spec: file {shown} — cannot be read: {reason}"], source) from None
+    bad = _CONTROL_RE.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise SpecError(
+            [
+                f"spec: file {shown} — control character U+{ord(bad.group()):04X} at line {line}, column "
+                f"{column}; allowed: plain text (tabs and line breaks only)"
+            ],
+            source,
+        )
     loader = _Loader(text)
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_SPEC_VALUES:
+            raise SpecError(
+                [
+                    f"spec: file {shown} — its YAML aliases expand to more than {MAX_SPEC_VALUES:_} values; "
+                    "allowed: a spec without such aliases"
+                ],
+                source,
+            )
+        data = loader.construct_document(node) if node is not None else None
+    except RecursionError:
+        raise SpecError(
+            [f"spec: file {shown} — nested too deeply; allowed: a spec a few levels deep"], source
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -54,10 +54,10 @@ from ray.tune.experiment import Trial
 
 from ..core.errors import ResumableError
 from ..core.losses import all_loss_params, relative_separation
+from ..core.redact import redact_credentials
 from . import sender
 from .preflight import SEARCH_ID_KEY
 from .pruning import trial_key
-from .redact import redact_credentials
 from .searcher import NUMBER_KEY
 from .sender import RetryingSender
 

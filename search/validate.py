@@ -12,6 +12,7 @@ import difflib
 import math
 import numbers
 import re
+import reprlib
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, fields
 from typing import Any
@@ -22,9 +23,16 @@ _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 ABSENT: Any = type("_Missing", (), {"__repr__": lambda self: "missing"})()
 
 
+#: How much of a bad value an error line shows: a bounded repr, so a huge value (a YAML alias bomb, a list of
+#: a million entries) costs no more to report than a small one.
+_REPR = reprlib.Repr()  # Python 3.11's Repr takes no keyword arguments
+_REPR.maxlevel, _REPR.maxdict, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset = 3, 6, 6, 6, 6
+_REPR.maxstring = _REPR.maxother = 72
+
+
 def show_value(value: Any) -> str:
-    """The bad value as it appears in an error line: its repr, on one line, at most 80 characters."""
-    text = "missing" if value is ABSENT else repr(value)
+    """The bad value as it appears in an error line: a bounded repr, on one line, at most 80 characters."""
+    text = "missing" if value is ABSENT else _REPR.repr(value)
     text = text.replace("\n", "\\n")
     return text if len(text) <= 80 else text[:77] + "..."
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -135,6 +136,8 @@ def test_best_download_and_evaluate_from_uri(searched, tmp_path) -> None:
     )
     assert ev.returncode == 0, ev.stderr
     register_checkpoint(MlflowClient(uri), best.loc[0, "run_id"], "analysis-best", alias="pick")
+    scratch = tmp_path / "scratch"  # the temporary directory of the evaluate below: empty afterwards
+    scratch.mkdir()
     ev_uri = subprocess.run(
         [
             *cli,
@@ -152,8 +155,10 @@ def test_best_download_and_evaluate_from_uri(searched, tmp_path) -> None:
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "TMPDIR": str(scratch)},
     )
     assert ev_uri.returncode == 0, ev_uri.stderr
+    assert not list(scratch.iterdir()), "evaluate models:/ left temporary files behind"
     # evaluating the checkpoint with the search's error seeds reproduces the logged accuracy at BER 2%.
     line = next(ln for ln in ev_uri.stdout.splitlines() if ln.strip().startswith("2.0000%"))
     assert float(line.split()[1]) == pytest.approx(100 * best.loc[0, "ber_acc"], abs=0.006)
@@ -194,3 +199,30 @@ def test_plotted_front_equals_computed_front(searched, tmp_path) -> None:
     assert np.allclose(front["ber_acc"], 100 * computed["ber_acc"])
     assert data["selected"]["run_id"].tolist() == [sel.row["run_id"]]
     assert data["baseline"]["run_id"].tolist() == [sel.baseline["run_id"]]
+
+
+def test_names_from_mlflow_never_leave_the_target_directory(searched, tmp_path) -> None:
+    """An ``arch`` tag of ``../../x`` (anyone who can write to the tracking server can set one) must not make
+    ``mcel best --download`` or ``mcel report --out`` write outside their directories. Last in this file:
+    it retags the shared search's runs."""
+    uri, _ = searched
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    for run in client.search_runs([exp.experiment_id]):
+        client.set_tag(run.info.run_id, "arch", "../../evil")
+    cli = [sys.executable, "-m", "mcel_search.search.cli"]
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    for argv in (
+        ["best", EXPERIMENT, "--download", str(inner / "dl")],
+        ["report", EXPERIMENT, "--out", str(inner / "rep")],
+    ):
+        proc = subprocess.run(
+            [*cli, *argv, "--tracking-uri", uri], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    outside = [
+        p for p in tmp_path.rglob("*") if inner not in p.parents and p != inner and p not in inner.parents
+    ]
+    assert outside == [], outside
+    assert list((inner / "dl").rglob("model.pt")) and (inner / "rep" / "report.md").is_file()

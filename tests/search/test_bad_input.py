@@ -79,6 +79,11 @@ def closed_port() -> int:
     return port
 
 
+def _junk(path: Path) -> Path:
+    path.write_text("this is not a database\n")
+    return path
+
+
 def file_in_the_way(env: Env) -> Path:
     """A regular file: a path under it cannot be created, whoever runs the test (root included)."""
     blocker = env.root / "blocker"
@@ -209,6 +214,21 @@ SPEC_CASES: list[tuple[str, SpecEdit, list[str]]] = [
         lambda s, e: _set(s, "tracking.uri", f"sqlite:///{file_in_the_way(e)}/mlflow.db"),
         ["tracking.uri", "blocker/mlflow.db", "is a file, not a directory", "allowed:"],
     ),
+    (
+        "tracking-db-is-a-directory",
+        lambda s, e: _set(s, "tracking.uri", f"sqlite:///{(e.root / 'dir.db').mkdir() or e.root / 'dir.db'}"),
+        ["tracking.uri", "dir.db", "is a directory"],
+    ),
+    (
+        "optuna-db-is-junk",
+        lambda s, e: _set(s, "storage.optuna", f"sqlite:///{_junk(e.root / 'junk.db')}"),
+        ["storage.optuna", "junk.db", "exists and is not an SQLite database"],
+    ),
+    (
+        "experiment-name-too-long",
+        edit("tracking.experiment", "x" * 300),
+        ["tracking.experiment", "at most 256 printable characters"],
+    ),
     # sizes: every integer has an upper bound (an unbounded one was accepted, then hung or ran for ever)
     ("epochs-huge", edit("train.epochs", 10**12), ["train.epochs", "1000000000000", "<= 100_000"]),
     ("batch-size-huge", edit("train.batch_size", 10**12), ["train.batch_size", "<= 1_048_576"]),
@@ -319,6 +339,53 @@ def test_gpu_asked_on_a_machine_without_one(
 def test_num_cpus_that_is_no_count(count: str, env: Env, capsys: pytest.CaptureFixture) -> None:
     status, lines, err = run_cli(["search", env.write(env.spec()), "--quiet", "--num-cpus", count], capsys)
     assert_one_line(status, lines, err, ["--num-cpus", count, "an integer >= 1"])
+    assert_nothing_launched(env)
+
+
+def test_ray_address_on_a_closed_port_fails_in_seconds(env: Env, capsys: pytest.CaptureFixture) -> None:
+    """ray.init would wait for minutes on an address nobody answers: one line, before anything starts."""
+    address = f"127.0.0.1:{closed_port()}"
+    status, lines, err = run_cli(
+        ["search", env.write(env.spec()), "--quiet", "--ray-address", address], capsys
+    )
+    assert_one_line(status, lines, err, ["--ray-address", address, "unreachable", "a running Ray cluster"])
+    assert_nothing_launched(env)
+
+
+@pytest.mark.parametrize(
+    "flag, value, needles",
+    [
+        ("--tracking-uri", "ftp://host/x", ["--tracking-uri", "'ftp://host/x'", "an MLflow tracking URI"]),
+        ("--storage", "nfs://host/x", ["--storage", "'nfs://host/x'", "a directory or a URI with scheme"]),
+    ],
+)
+def test_command_line_overrides_are_checked_as_the_spec_is(
+    flag: str, value: str, needles: list[str], env: Env, capsys: pytest.CaptureFixture
+) -> None:
+    status, lines, err = run_cli(["search", env.write(env.spec()), "--quiet", flag, value], capsys)
+    assert_one_line(status, lines, err, needles)
+    assert_nothing_launched(env)
+
+
+def test_a_port_that_answers_but_is_not_mlflow(env: Env, capsys: pytest.CaptureFixture) -> None:
+    """Some other HTTP server holds the port: refused before launch, not after every MLflow call fails."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.BaseHTTPRequestHandler):  # answers 501 to everything, logs nothing
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        uri = f"http://127.0.0.1:{server.server_address[1]}"
+        status, lines, err = run_cli(
+            ["search", env.write(_set(env.spec(), "tracking.uri", uri)), "--quiet"], capsys
+        )
+    finally:
+        server.shutdown()
+    assert_one_line(status, lines, err, ["tracking.uri", uri, "answers but is not an MLflow tracking server"])
     assert_nothing_launched(env)
 
 

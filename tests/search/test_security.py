@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from mcel_search.core.redact import redact_credentials
 from mcel_search.search import runner
-from mcel_search.search.redact import redact_credentials
 from mcel_search.search.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +74,9 @@ def test_local_ray_really_starts_no_dashboard_and_only_rays_own_ports_listen() -
         for address, port, name in sockets:
             if address not in ("127.0.0.1", "::1"):
                 assert name.startswith(RAY_CORE_PROCESSES), (address, port, name)
+        # ... and those are guarded by Ray's token authentication, forced on for a local search
+        assert os.environ.get("RAY_AUTH_MODE") == "token"
+        assert (Path.home() / ".ray" / "auth_token").is_file()
     finally:
         ray.shutdown()
 

@@ -449,3 +449,67 @@ def test_invalid_file_spec_reports_fields(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         load_spec(path)
     assert info.value.errors[0].startswith("bits[0]: 3 —")
+
+
+# ------------------------------------------------------------------------------------- hostile files
+
+
+def _bomb(levels: int = 9) -> str:
+    """A "billion laughs" document: 9 aliases per level, 9**levels values once expanded, ~1 KB of text."""
+    text = 'l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]\n'
+    for i in range(1, levels):
+        text += f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n"
+    return text
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_bomb())
+    start = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert time.monotonic() - start < 2.0
+    assert info.value.errors == [
+        f"spec: file {str(path)!r} — its YAML aliases expand to more than 100_000 values; allowed: a spec "
+        "without such aliases"
+    ]
+
+
+def test_a_small_alias_is_still_fine(tmp_path: Path) -> None:
+    path = tmp_path / "ok.yaml"
+    path.write_text(
+        yaml.safe_dump(BASE).replace("trials_per_arch: 3", "trials_per_arch: &n 3\nconcurrency: *n")
+    )
+    assert load_spec(path).concurrency == 3
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("name: a\x00b\n", "control character U+0000 at line 1, column 8"),
+        ("name: ok\ntrain: {epochs: 2}\x1b[31m\n", "control character U+001B at line 2, column 19"),
+        ("x: " + "[" * 5000 + "]" * 5000 + "\n", "nested too deeply"),
+    ],
+    ids=["nul", "escape", "deep"],
+)
+def test_control_characters_and_deep_nesting_are_one_line(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert len(info.value.errors) == 1 and needle in info.value.errors[0], info.value.errors
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "big.yaml"
+    path.write_text("# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(SpecError, match="allowed: a spec of at most 1_048_576 bytes"):
+        load_spec(path)
+
+
+def test_a_bad_value_inside_a_huge_structure_is_shown_briefly() -> None:
+    errors = errors_of(mutate({"trials_per_arch": [list(range(1000))] * 1000}))
+    line = next(e for e in errors if e.startswith("trials_per_arch:"))
+    assert len(line) < 200
