@@ -77,7 +77,9 @@ def check_mlflow_server(
     shown = redact_credentials(uri)
     api = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search"
     try:
-        answer = requests.get(api, params={"max_results": 1}, timeout=CONNECT_TIMEOUT_S)
+        env_auth = (os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+        auth = env_auth if all(env_auth) and urlsplit(uri).password is None else None  # as MLflow would
+        answer = requests.get(api, params={"max_results": 1}, timeout=CONNECT_TIMEOUT_S, auth=auth)
     except requests.RequestException as exc:
         raise error(
             f"{field_name}: {shown!r} — no HTTP answer ({type(exc).__name__}); allowed: {what}"

@@ -60,11 +60,22 @@ def save_checkpoint(
     return path
 
 
+#: Keys a checkpoint may hold (anything else is refused: the file is untrusted input).
+KEYS = frozenset({"format", "version", "model", "data", "loss", "train", "metrics", "state_dict"})
+#: Largest checkpoint file read: the file never decides how much memory loading it takes.
+MAX_BYTES = 2 << 30
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load the checkpoint dict with ``weights_only=True``; raise :class:`CheckpointError` on anything else."""
+    """Load the checkpoint dict with ``weights_only=True``; raise :class:`CheckpointError` on anything else
+    (a file over :data:`MAX_BYTES`, keys outside :data:`KEYS`, ...)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist or is not a file")
+    if path.stat().st_size > MAX_BYTES:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has {path.stat().st_size:_} bytes, more than {MAX_BYTES:_}"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -85,7 +96,24 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         )
     if not isinstance(payload.get("model"), dict) or not isinstance(payload.get("state_dict"), dict):
         raise CheckpointError(f"checkpoint {str(path)!r} lacks its 'model' or 'state_dict' entry")
+    unknown = sorted(str(k) for k in set(payload) - KEYS)
+    if unknown:
+        raise CheckpointError(f"checkpoint {str(path)!r} has unknown keys {unknown[:5]}")
     return payload
+
+
+def _check_dtypes(path: Path, model: nn.Module, state: dict[str, Any]) -> None:
+    """Every tensor of ``state`` has the kind of dtype (floating or not) of the model's own: integer
+    "weights" would otherwise be cast silently into a model that then computes nonsense."""
+    for key, mine in model.state_dict().items():
+        theirs = state.get(key)
+        if (
+            isinstance(theirs, torch.Tensor)
+            and theirs.dtype.is_floating_point != mine.dtype.is_floating_point
+        ):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} stores {key!r} as {theirs.dtype}, the model holds {mine.dtype}"
+            )
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -98,6 +126,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         model = create_model(spec.pop("name"), **spec)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {str(path)!r} names a model that cannot be built: {exc}") from None
+    _check_dtypes(path, model, payload["state_dict"])
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..analysis.pareto import OBJECTIVES
 from ..core.errors import ResumableError
-from ..core.redact import redact_credentials
+from ..core.redact import credentials_to_env, redact_credentials
 from .optuna_options import create_pruner, create_sampler
 from .preflight import (
     SEARCH_ID_KEY,
@@ -150,10 +150,14 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
         # A new local instance of its own: address="local" never attaches to a Ray cluster that another
         # process runs on this machine (a plain ray.init() would: it reads the last session's address).
         # The dashboard is off; if a user turns it on, it stays on the loopback interface. Ray's gRPC
-        # ports listen on every interface whatever address it is given, so token authentication is on
-        # (Ray's token, ~/.ray/auth_token, created by ray.init if missing), even where RAY_AUTH_MODE says
-        # otherwise: nobody else on the network can submit work to a local search's Ray.
-        os.environ["RAY_AUTH_MODE"] = "token"
+        # ports listen on every interface whatever address it is given; Ray (2.60) starts a new local
+        # instance with token authentication (its token ~/.ray/auth_token, created if missing) unless
+        # RAY_AUTH_MODE says otherwise. Setting the variable here would not do: Ray reads its cached
+        # config in this process and the variable in its daemons, and a mismatch locks the driver out.
+        if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+            logger.warning(
+                "RAY_AUTH_MODE=disabled: the local Ray's ports accept work from anyone on the network"
+            )
         for attempt in range(LOCAL_RAY_ATTEMPTS):
             try:
                 ray.init(address="local", num_cpus=num_cpus, dashboard_host="127.0.0.1", **kwargs)
@@ -175,6 +179,15 @@ def _is_startup_timeout(exc: BaseException) -> bool:
     return "timed out during startup" in text or "waiting for node to startup" in text
 
 
+def experiment_dir(storage_path: str, name: str) -> str:
+    """Where Ray Tune keeps the Tune run ``name``: a local directory or a URI under the storage path."""
+    return (
+        os.path.join(storage_path, name)
+        if "://" not in storage_path
+        else f"{storage_path.rstrip('/')}/{name}"
+    )
+
+
 def _tuner(
     *,
     name: str,
@@ -190,14 +203,13 @@ def _tuner(
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 
-    path = (
-        os.path.join(storage_path, name)
-        if "://" not in storage_path
-        else f"{storage_path.rstrip('/')}/{name}"
-    )
+    from . import state_seal
+
+    path = experiment_dir(storage_path, name)
     exists = tune.Tuner.can_restore(path)
     if exists and resume:
         logger.info("resuming %s", path)
+        state_seal.verify(path)  # nothing someone else put there gets unpickled
         return tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
         )
@@ -209,14 +221,16 @@ def _tuner(
     run_config = RunConfig(
         name=name,
         storage_path=storage_path,
-        callbacks=callbacks,
+        callbacks=[*callbacks, state_seal.SealCallback(path)],
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         verbose=verbose,
     )
-    return tune.Tuner(
+    tuner = tune.Tuner(
         trainable, tune_config=tune_config, run_config=run_config, param_space=param_space or {}
     )
+    state_seal.seal(path)  # tuner.pkl is written by the constructor
+    return tuner
 
 
 def run_search(
@@ -261,6 +275,7 @@ def run_search(
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     _quiet_missing_trial_files()
     _make_parent_dir(optuna_url)
+    tracking_uri = credentials_to_env(tracking_uri)  # nothing pickled, logged or stored holds the password
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.experiment_name())
     _init_ray(ray_address, num_cpus)
@@ -304,7 +319,13 @@ def run_search(
                 param_space={"loss": "cel", "logit_scale": spec.baseline.logit_scale or 1.0},
                 verbose=verbose,
             )
-            _fit(tuner, guard, logger_cb, f"{study}-baseline")
+            _fit(
+                tuner,
+                guard,
+                logger_cb,
+                f"{study}-baseline",
+                experiment_dir(storage_path, f"{study}-baseline"),
+            )
         sampler = create_sampler(spec.sampler)
         rdb = optuna.storages.RDBStorage(optuna_url)
         searcher = PruningAwareOptunaSearch(
@@ -345,7 +366,7 @@ def run_search(
             param_space=None,
             verbose=verbose,
         )
-        grid = _fit(tuner, guard, logger_cb, study)
+        grid = _fit(tuner, guard, logger_cb, study, experiment_dir(storage_path, study))
         _reconcile_optuna(optuna_url, study, grid)
         client.set_tag(parent, "mcel.state", "finished")
         client.set_terminated(parent, "FINISHED")
@@ -392,14 +413,17 @@ def _quiet_missing_trial_files() -> None:
         log.addFilter(_MissingTrialFilesFilter())
 
 
-def _fit(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:
+def _fit(tuner: Any, guard: Any, tracker: Any, name: str, state_dir: str) -> Any:
     """``tuner.fit()``; buffered MLflow calls are flushed (waiting for the server) when it returns, and a
     storage fault (seen by ``guard``, or by the guard a restored Tune run unpickled) becomes a one-line
-    :class:`StorageFaultError`. The tracker's sender thread is stopped in any case."""
+    :class:`StorageFaultError`. The tracker's sender thread is stopped and the state sealed in any case."""
+    from . import state_seal
+
     try:
         return _fit_and_flush(tuner, guard, tracker, name)
     finally:
         tracker.close()
+        state_seal.seal(state_dir)  # Tune's last snapshot, written as fit returned
 
 
 def _fit_and_flush(tuner: Any, guard: Any, tracker: Any, name: str) -> Any:

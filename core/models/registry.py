@@ -41,6 +41,9 @@ class ModelSpec:
 
 _MODELS: dict[str, ModelSpec] = {}
 
+#: Upper bounds of a model's shape arguments, checked before anything is built: a checkpoint or spec that
+#: names ``num_classes: 10**9`` must not make the loader allocate gigabytes first.
+SHAPE_LIMITS: dict[str, int] = {"num_classes": 100_000, "in_channels": 64, "image_size": 1024}
 _DEFAULTS: dict[str, Any] = {"num_classes": 10, "in_channels": 1, "image_size": 28, "logit_scale": 1.0}
 
 
@@ -130,11 +133,11 @@ def create_model(
     given = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     given["logit_scale"] = logit_scale
     kwargs = {**_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
-    for key in ("num_classes", "in_channels", "image_size"):
+    for key, high in SHAPE_LIMITS.items():
         value = kwargs[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
             raise BadInputError(
-                f"{key}={value!r} is not allowed for model {name!r}: it must be an integer >= 1"
+                f"{key}={value!r} is not allowed for model {name!r}: it must be an integer >= 1 and <= {high:_}"
             )
     if kwargs["num_classes"] < 2:
         raise BadInputError(

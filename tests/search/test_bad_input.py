@@ -487,7 +487,40 @@ def _plain_pickle(env: Env) -> Path:
     return path
 
 
+def _edited(env: Env, name: str, change: Callable[[dict], None]) -> Path:
+    """A real checkpoint whose payload ``change`` edits (the way a hostile file would differ)."""
+    path = _checkpoint(env.root / name)
+    payload = torch.load(path, weights_only=True)
+    change(payload)
+    torch.save(payload, path)
+    return path
+
+
+def _huge_dims(payload: dict) -> None:
+    payload["model"]["num_classes"] = 10**9  # the loader would build a 10**9-way output layer first
+
+
+def _int_weights(payload: dict) -> None:
+    key = next(k for k, v in payload["state_dict"].items() if v.dtype.is_floating_point)
+    payload["state_dict"][key] = payload["state_dict"][key].round().to(torch.int64)
+
+
 CHECKPOINT_CASES: list[tuple[str, Callable[[Env], Path], list[str]]] = [
+    (
+        "unknown-keys",
+        lambda e: _edited(e, "keys.pt", lambda p: p.update(extra={"x": 1})),
+        ["checkpoint", "keys.pt", "unknown keys ['extra']", "allowed:"],
+    ),
+    (
+        "dimensions-that-would-allocate-gigabytes",
+        lambda e: _edited(e, "huge.pt", _huge_dims),
+        ["checkpoint", "huge.pt", "num_classes=1000000000", "<= 100_000"],
+    ),
+    (
+        "integer-weights",
+        lambda e: _edited(e, "ints.pt", _int_weights),
+        ["checkpoint", "ints.pt", "torch.int64", "the model holds torch.float32"],
+    ),
     ("truncated", _truncated, ["checkpoint", "truncated.pt", "unreadable", "allowed: an mcel-checkpoint"]),
     (
         "other-architecture",

@@ -395,3 +395,67 @@ def test_an_edited_search_under_the_same_name_but_new_storage_is_refused(tmp_pat
     )
     assert again.returncode == 0, again.stderr[-2000:]
     assert sorted(r.info.run_id for r in child_runs(client, "stale")) == runs_before
+
+
+def test_a_password_in_the_tracking_uri_is_in_no_output_and_no_file(tmp_path, small_spec) -> None:
+    """The secret scan: a search tracked at http://alice:<password>@host prints the password nowhere and
+    writes it into no file under the storage path (Tune pickles callbacks and searchers into tuner.pkl
+    and its experiment state) and into no MLflow param or tag."""
+    secret = "s3cr3t-pw-4711"
+    spec = small_spec("secret", trials_per_arch=2, train={"epochs": 1, "batch_size": 64})
+    clean_uri = spec["tracking"]["uri"]
+    spec["tracking"]["uri"] = clean_uri.replace("http://", f"http://alice:{secret}@")
+    proc = _mcel_search(spec, tmp_path)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert secret not in proc.stdout + proc.stderr
+    files = [p for p in (tmp_path / "ray").rglob("*") if p.is_file()]
+    assert any(p.name == "tuner.pkl" for p in files), "the scan would see nothing"
+    assert not [str(p) for p in files if secret.encode() in p.read_bytes()]
+    client = MlflowClient(clean_uri)
+    for run in child_runs(client, "secret") + client.search_runs(
+        [client.get_experiment_by_name("secret").experiment_id]
+    ):
+        assert secret not in str(run.data.params) + str(run.data.tags)
+
+
+class _Planted:
+    """What an attacker with write access to the storage path would put in tuner.pkl."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_tuner_pkl_never_runs_on_resume(tmp_path, small_spec) -> None:
+    """The storage path is not trusted: a tuner.pkl someone else wrote there is refused before Tune
+    unpickles it, in one line, and its code does not run; the search's own state resumes."""
+    import pickle
+
+    spec = small_spec("planted", trials_per_arch=1, train={"epochs": 1, "batch_size": 64})
+    done = _mcel_search(spec, tmp_path)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    path = tmp_path / "planted.yaml"
+    resume = [
+        sys.executable,
+        "-m",
+        "mcel_search.search.cli",
+        "search",
+        str(path),
+        "--num-cpus",
+        "2",
+        "--quiet",
+        "--resume",
+    ]
+    again = subprocess.run(resume, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]  # the driver's own state: resumes
+
+    marker = tmp_path / "PWNED"
+    tuner_pkl = tmp_path / "ray" / "planted-small_cnn-4b" / "tuner.pkl"
+    tuner_pkl.write_bytes(pickle.dumps(_Planted(str(marker))))
+    refused = subprocess.run(resume, capture_output=True, text=True, timeout=600)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
+    assert "tuner.pkl" in lines[0] and "MCEL_TRUST_STORAGE=1" in lines[0], lines
+    assert not marker.exists(), "the planted pickle ran"

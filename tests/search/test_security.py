@@ -74,7 +74,7 @@ def test_local_ray_really_starts_no_dashboard_and_only_rays_own_ports_listen() -
         for address, port, name in sockets:
             if address not in ("127.0.0.1", "::1"):
                 assert name.startswith(RAY_CORE_PROCESSES), (address, port, name)
-        # ... and those are guarded by Ray's token authentication, forced on for a local search
+        # ... and those are guarded by Ray's token authentication (Ray sets the mode for a new local Ray)
         assert os.environ.get("RAY_AUTH_MODE") == "token"
         assert (Path.home() / ".ray" / "auth_token").is_file()
     finally:

@@ -1,0 +1,137 @@
+"""A resumed search runs no code that someone else put in its storage path.
+
+``Tuner.restore`` unpickles what Ray Tune left in the experiment directory (``tuner.pkl``, the experiment
+state, the searcher's state): anyone who can write there (a shared folder, a bucket) could make a resume run
+code on the driver. So the driver that writes those files seals them: an HMAC-SHA256, under a key that only
+this user can read (``~/.config/mcel-search/restore.key``, created on first use, mode 0600), of each file's
+SHA-256, kept outside the storage path (``~/.config/mcel-search/seals/``). The seal is renewed after every
+step of Tune's loop in which the files changed (:class:`SealCallback`) and when the run ends. Before a
+resume, :func:`verify` recomputes it; a file added, removed or changed since refuses the resume in one line.
+
+Trust boundary: the machine and user that ran the search (their home directory) are trusted; the storage
+path is not. A search resumed elsewhere, or after a driver killed in the instant between Tune's write and
+the seal, is refused unless ``MCEL_TRUST_STORAGE=1`` says the storage path is trusted. Remote storage
+(``s3://``, ``gs://``) is not sealed here: there the bucket's permissions are the boundary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+from ..core.atomic import atomic_write
+from ..core.errors import BadInputError
+
+#: Set to 1 to resume from a storage path whose state has no valid seal (you trust everything in it).
+TRUST_ENV = "MCEL_TRUST_STORAGE"
+
+
+class UnsealedStateError(BadInputError):
+    """The experiment state to restore is not the state this user's driver wrote."""
+
+
+def _home() -> Path:
+    return Path(os.environ.get("MCEL_CONFIG_DIR", Path.home() / ".config" / "mcel-search")).expanduser()
+
+
+def _key() -> bytes:
+    path = _home() / "restore.key"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with atomic_write(path, "wb") as fh:  # mkstemp: mode 0600
+            fh.write(secrets.token_bytes(32))
+    return path.read_bytes()
+
+
+def _seal_path(experiment_dir: Path) -> Path:
+    name = hashlib.sha256(str(experiment_dir.resolve()).encode()).hexdigest()[:32]
+    return _home() / "seals" / f"{name}.json"
+
+
+def state_files(experiment_dir: Path) -> dict[str, str]:
+    """``{file name: sha256}`` of what ``Tuner.restore`` deserializes: the directory's own ``.pkl`` and
+    ``.json`` files (trial checkpoints load with ``weights_only=True`` and need no seal)."""
+    out = {}
+    for path in sorted(experiment_dir.iterdir()):
+        if path.is_file() and path.suffix in (".pkl", ".json"):
+            out[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _mac(experiment_dir: Path, files: dict[str, str]) -> str:
+    message = json.dumps({"dir": str(experiment_dir.resolve()), "files": files}, sort_keys=True).encode()
+    return hmac.new(_key(), message, hashlib.sha256).hexdigest()
+
+
+def seal(experiment_dir: str | os.PathLike) -> None:
+    """Record the current state files of a local experiment directory (nothing for a remote one)."""
+    directory = Path(experiment_dir)
+    if "://" in str(experiment_dir) or not directory.is_dir():
+        return
+    files = state_files(directory)
+    record = {"dir": str(directory.resolve()), "files": files, "mac": _mac(directory, files)}
+    with atomic_write(_seal_path(directory), "w") as fh:
+        fh.write(json.dumps(record))
+
+
+def verify(experiment_dir: str | os.PathLike) -> None:
+    """Raise :class:`UnsealedStateError` (one line) unless the state files are the sealed ones."""
+    directory = Path(experiment_dir)
+    if "://" in str(experiment_dir) or os.environ.get(TRUST_ENV) == "1":
+        return
+    allowed = (
+        f"resume on the machine and as the user that ran it, or set {TRUST_ENV}=1 if you trust everything "
+        "under the storage path"
+    )
+    path = _seal_path(directory)
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise UnsealedStateError(
+            f"storage.path: {str(directory)!r} — this search's state was not written by this user's driver "
+            f"(no seal in {str(path.parent)!r}); allowed: {allowed}"
+        ) from None
+    files = state_files(directory)
+    if not hmac.compare_digest(record.get("mac", ""), _mac(directory, files)):
+        sealed = record.get("files", {})
+        changed = sorted(n for n in set(files) | set(sealed) if files.get(n) != sealed.get(n))
+        raise UnsealedStateError(
+            f"storage.path: {str(directory)!r} — the state Ray Tune would unpickle changed since this "
+            f"user's driver wrote it ({', '.join(changed[:5]) or 'the seal'}); allowed: {allowed}"
+        )
+
+
+class SealCallback(Callback):
+    """Tune callback of the driver: re-seals the experiment state after each step of Tune's loop in which
+    a state file changed (a stat of a few files per step), and at the end of the run. Tune writes its state
+    in the step itself, right before the callbacks' ``on_step_end``."""
+
+    def __init__(self, experiment_dir: str) -> None:
+        self.experiment_dir = experiment_dir
+        self._stamp: Any = None
+
+    def _stamp_now(self) -> list[tuple[str, int, int]]:
+        out = []
+        for path in Path(self.experiment_dir).iterdir():
+            if path.suffix in (".pkl", ".json"):
+                st = path.stat()
+                out.append((path.name, st.st_mtime_ns, st.st_size))
+        return sorted(out)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if "://" in self.experiment_dir:
+            return
+        stamp = self._stamp_now()
+        if stamp != self._stamp:
+            seal(self.experiment_dir)
+            self._stamp = stamp
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        seal(self.experiment_dir)
