@@ -278,11 +278,13 @@ def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server,
 
 
 def _mcel_search(
-    spec: dict, tmp_path: Path, env: dict[str, str] | None = None
+    spec: dict, tmp_path: Path, env: dict[str, str] | None = None, *extra: str
 ) -> subprocess.CompletedProcess:
+    """``mcel search`` of ``spec`` (written to ``<tmp_path>/<name>.yaml``) as a user runs it."""
     path = tmp_path / f"{spec['name']}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     cmd = [sys.executable, "-m", "mcel_search.search.cli", "search", str(path), "--num-cpus", "2", "--quiet"]
+    cmd += extra
     return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 
@@ -375,24 +377,7 @@ def test_an_edited_search_under_the_same_name_but_new_storage_is_refused(tmp_pat
     assert not (tmp_path / "new").exists()  # nothing created for the refused search
     assert sorted(r.info.run_id for r in child_runs(client, "stale")) == runs_before
 
-    path = tmp_path / "stale.yaml"
-    path.write_text(yaml.safe_dump(first, sort_keys=False))
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mcel_search.search.cli",
-            "search",
-            str(path),
-            "--num-cpus",
-            "2",
-            "--quiet",
-            "--resume",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = _mcel_search(first, tmp_path, None, "--resume")
     assert again.returncode == 0, again.stderr[-2000:]
     assert sorted(r.info.run_id for r in child_runs(client, "stale")) == runs_before
 
@@ -436,25 +421,13 @@ def test_a_planted_tuner_pkl_never_runs_on_resume(tmp_path, small_spec) -> None:
     spec = small_spec("planted", trials_per_arch=1, train={"epochs": 1, "batch_size": 64})
     done = _mcel_search(spec, tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    path = tmp_path / "planted.yaml"
-    resume = [
-        sys.executable,
-        "-m",
-        "mcel_search.search.cli",
-        "search",
-        str(path),
-        "--num-cpus",
-        "2",
-        "--quiet",
-        "--resume",
-    ]
-    again = subprocess.run(resume, capture_output=True, text=True, timeout=600)
+    again = _mcel_search(spec, tmp_path, None, "--resume")
     assert again.returncode == 0, again.stderr[-2000:]  # the driver's own state: resumes
 
     marker = tmp_path / "PWNED"
     tuner_pkl = tmp_path / "ray" / "planted-small_cnn-4b" / "tuner.pkl"
     tuner_pkl.write_bytes(pickle.dumps(_Planted(str(marker))))
-    refused = subprocess.run(resume, capture_output=True, text=True, timeout=600)
+    refused = _mcel_search(spec, tmp_path, None, "--resume")
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
     assert refused.returncode == 2 and len(lines) == 1, refused.stderr[-2000:]
     assert "tuner.pkl" in lines[0] and "MCEL_TRUST_STORAGE=1" in lines[0], lines
