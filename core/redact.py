@@ -27,23 +27,43 @@ def redact_credentials(text: str) -> str:
     return _SECRET_QUERY_RE.sub(lambda m: f"{m.group('head')}{REDACTED}", text)
 
 
+#: Where a password moves, per URI scheme: the variables the clients of that scheme read themselves.
+PASSWORD_ENV: dict[str, tuple[str | None, str]] = {
+    "http": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),  # MLflow's basic auth
+    "https": ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"),
+    "postgresql": (None, "PGPASSWORD"),  # libpq (psycopg2)
+    "mysql": (None, "MYSQL_PWD"),  # libmysqlclient (mysqlclient)
+}
+
+
 def credentials_to_env(uri: str) -> str:
     """``uri`` without its password, which moves into this process's environment where the client reads it.
 
-    An ``http(s)://user:password@host`` MLflow URI becomes ``http(s)://host`` with
-    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` set (MLflow's own basic-auth variables), so
-    the URI that a search hands to its callbacks, searchers and schedulers, which Ray Tune pickles into the
-    storage path (``tuner.pkl``, experiment state), carries no secret; a resumed search is given the URI
-    again. Other URIs are returned unchanged (mask them with :func:`redact_credentials` for output).
+    ``http(s)://user:password@host`` (MLflow) becomes ``http(s)://host`` with ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` set; ``postgresql://user:password@host/db`` keeps its user and gets
+    ``PGPASSWORD``; ``mysql://`` gets ``MYSQL_PWD`` (:data:`PASSWORD_ENV`). So the URIs a search hands to its
+    callbacks, searchers and schedulers, which Ray Tune pickles into the storage path (``tuner.pkl``, the
+    experiment state), carry no secret; a resumed search is given the URI again. A URI without a password,
+    of another scheme, or whose variable already holds another password is returned unchanged (mask it
+    with :func:`redact_credentials` for output).
     """
     from urllib.parse import unquote, urlsplit, urlunsplit
 
     parts = urlsplit(uri)
-    if parts.scheme.lower() not in ("http", "https") or parts.password is None:
+    scheme = parts.scheme.split("+")[0].lower()
+    if scheme not in PASSWORD_ENV or parts.password is None:
         return uri
-    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
-    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    user_var, password_var = PASSWORD_ENV[scheme]
+    password = unquote(parts.password)
+    if os.environ.get(password_var, password) != password:
+        return uri  # two stores with two passwords: the variable can hold one of them only
+    os.environ[password_var] = password
     host = parts.hostname or ""
     host = f"[{host}]" if ":" in host else host
-    netloc = host + (f":{parts.port}" if parts.port else "")
+    host += f":{parts.port}" if parts.port else ""
+    if user_var is not None:
+        os.environ[user_var] = unquote(parts.username or "")
+        netloc = host
+    else:
+        netloc = f"{parts.username}@{host}" if parts.username else host
     return urlunsplit(parts._replace(netloc=netloc))

@@ -46,9 +46,21 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+#: Longest file name and path POSIX file systems take (Linux: 255 and 4096 bytes).
+NAME_MAX, PATH_MAX = 255, 4096
+
+
 def _check_writable_dir(field_name: str, value: str, directory: Path) -> None:
     """``directory`` exists as a writable directory or can be created (its nearest existing ancestor is one)."""
     allowed = "a directory this user can write to (created if missing)"
+    shown = value if len(value) <= 120 else f"{value[:60]}...{value[-40:]}"
+    too_long = [part for part in directory.parts if len(os.fsencode(part)) > NAME_MAX]
+    if too_long or len(os.fsencode(str(directory))) > PATH_MAX:
+        what = f"a name of {len(too_long[0])} characters" if too_long else "a path this long"
+        raise PreflightError(
+            f"{field_name}: {shown!r} — {what}: the file system takes at most {NAME_MAX} bytes per name and "
+            f"{PATH_MAX} per path; allowed: {allowed}"
+        )
     base = _nearest_existing(directory)
     if not base.is_dir():
         raise PreflightError(

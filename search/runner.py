@@ -275,7 +275,8 @@ def run_search(
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     _quiet_missing_trial_files()
     _make_parent_dir(optuna_url)
-    tracking_uri = credentials_to_env(tracking_uri)  # nothing pickled, logged or stored holds the password
+    # nothing pickled, logged or stored holds a password: it moves into the clients' own variables
+    tracking_uri, optuna_url = credentials_to_env(tracking_uri), credentials_to_env(optuna_url)
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.experiment_name())
     _init_ray(ray_address, num_cpus)

@@ -201,6 +201,25 @@ def test_plotted_front_equals_computed_front(searched, tmp_path) -> None:
     assert data["baseline"]["run_id"].tolist() == [sel.baseline["run_id"]]
 
 
+@pytest.mark.parametrize(
+    "uri", ["runs:/0123456789abcdef0123456789abcdef/checkpoint/model.pt", "models:/no-such-model@champion"]
+)
+def test_an_unknown_run_or_alias_is_one_line(searched, tmp_path, uri: str) -> None:
+    tracking, _ = searched
+    cli = [sys.executable, "-m", "mcel_search.search.cli"]
+    proc = subprocess.run(
+        [*cli, "evaluate", uri, "--tracking-uri", tracking],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-2000:]
+    assert uri in lines[0] and "not found" in lines[0] and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_names_from_mlflow_never_leave_the_target_directory(searched, tmp_path) -> None:
     """An ``arch`` tag of ``../../x`` (anyone who can write to the tracking server can set one) must not make
     ``mcel best --download`` or ``mcel report --out`` write outside their directories. Last in this file:

@@ -229,6 +229,23 @@ SPEC_CASES: list[tuple[str, SpecEdit, list[str]]] = [
         edit("tracking.experiment", "x" * 300),
         ["tracking.experiment", "at most 256 printable characters"],
     ),
+    (
+        "storage-name-over-the-file-system-limit",
+        lambda s, e: _set(s, "storage.path", str(e.root / ("x" * 300) / "ray")),
+        ["storage.path", "a name of 300 characters", "at most 255 bytes per name"],
+    ),
+    # hostile spec files: one line at once, whatever their content
+    ("nul-character", lambda s, e: yaml.safe_dump(s).replace("name: bad", "name: ba\x00d"), ["U+0000"]),
+    (
+        "yaml-alias-bomb",
+        lambda s, e: (
+            "a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"a{i}: &a{i} [{', '.join(['*a' if i == 0 else f'*a{i - 1}'] * 9)}]\n" for i in range(8)
+            )
+        ),
+        ["its YAML aliases expand to more than 100_000 values"],
+    ),
     # sizes: every integer has an upper bound (an unbounded one was accepted, then hung or ran for ever)
     ("epochs-huge", edit("train.epochs", 10**12), ["train.epochs", "1000000000000", "<= 100_000"]),
     ("batch-size-huge", edit("train.batch_size", 10**12), ["train.batch_size", "<= 1_048_576"]),
@@ -386,6 +403,12 @@ def test_a_port_that_answers_but_is_not_mlflow(env: Env, capsys: pytest.CaptureF
     finally:
         server.shutdown()
     assert_one_line(status, lines, err, ["tracking.uri", uri, "answers but is not an MLflow tracking server"])
+    assert_nothing_launched(env)
+
+
+def test_spec_file_name_over_the_file_system_limit(env: Env, capsys: pytest.CaptureFixture) -> None:
+    status, lines, err = run_cli(["search", str(env.root / ("y" * 300 + ".yaml"))], capsys)
+    assert_one_line(status, lines, err, ["spec", "yyyy", "does not exist"])
     assert_nothing_launched(env)
 
 

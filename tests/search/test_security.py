@@ -153,3 +153,42 @@ def test_logged_params_and_tags_never_contain_credentials(
             assert "hunter2" not in value, value
     parent = next(r for r in runs if r.data.tags["mcel.role"] == "parent")
     assert parent.data.params["tracking.uri"] == f"http://alice:***@127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    "uri, stripped, env",
+    [
+        (
+            "http://alice:p%40ss@127.0.0.1:5000/x",
+            "http://127.0.0.1:5000/x",
+            {"MLFLOW_TRACKING_USERNAME": "alice", "MLFLOW_TRACKING_PASSWORD": "p@ss"},
+        ),
+        (
+            "postgresql+psycopg2://bob:pw@db:5432/optuna",
+            "postgresql+psycopg2://bob@db:5432/optuna",
+            {"PGPASSWORD": "pw"},
+        ),
+        ("mysql://carol:pw@[::1]:3306/m", "mysql://carol@[::1]:3306/m", {"MYSQL_PWD": "pw"}),
+        ("sqlite:////abs/optuna.db", "sqlite:////abs/optuna.db", {}),
+        ("http://127.0.0.1:5000", "http://127.0.0.1:5000", {}),
+    ],
+)
+def test_a_password_leaves_the_uri_for_the_clients_own_variable(
+    uri: str, stripped: str, env: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcel_search.core.redact import PASSWORD_ENV, credentials_to_env
+
+    for names in PASSWORD_ENV.values():
+        for name in names:
+            if name:
+                monkeypatch.delenv(name, raising=False)
+    assert credentials_to_env(uri) == stripped
+    assert {k: os.environ[k] for k in env} == env
+
+
+def test_two_stores_with_two_passwords_keep_the_second_in_its_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mcel_search.core.redact import credentials_to_env
+
+    monkeypatch.setenv("PGPASSWORD", "first")
+    assert credentials_to_env("postgresql://u:second@db/x") == "postgresql://u:second@db/x"
+    assert os.environ["PGPASSWORD"] == "first"
