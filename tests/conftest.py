@@ -89,7 +89,9 @@ def local_ray() -> Iterator[None]:
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    from mcel_search.search.runner import _init_ray
+
+    _init_ray(None, 2)  # the product's start of a local Ray: retried once on a slow machine
     yield
     ray.shutdown()
 
