@@ -1,11 +1,13 @@
 """The search spec: one YAML file describes a whole search, validated in full before anything starts.
 
-:func:`load_spec` reads the file, :func:`parse_spec` checks every field against the registries of
-``core`` (models, data sets, losses), the training settings and Optuna's samplers and pruners, collects
-*every* problem and raises one :class:`SpecError` that lists them, one line per bad field::
+:func:`~.spec_file.load_spec` reads the file, :func:`parse_spec` checks every field against the
+registries of ``core`` (models, data sets, losses and the bounds they declare), the training settings
+(``core.training.TRAIN_BOUNDS``) and Optuna's samplers and pruners (:mod:`.optuna_options`), collects *every*
+problem (with the kit of :mod:`.validate`) and raises one :class:`SpecError` that lists them, one line
+per bad field::
 
     space.margin.uniform: [8, 2] — low must be < high
-    train.epochs: 0 — an integer >= 1
+    train.epochs: 0 — an integer >= 1 and <= 100_000
     sampler.name: 'nsga3' — one of nsga2, tpe, random; did you mean 'nsga2'?
 
 Nothing is launched, downloaded or written while a spec is parsed. A valid spec is a frozen
