@@ -31,12 +31,17 @@ class StoreUnavailableError(BadInputError):
     """A tracking store that is not there (no such local store) or does not answer."""
 
 
+def absolute_sqlite_uri(uri: str) -> str:
+    """``sqlite:///relative.db`` made absolute (Ray workers and later commands find the same file); any
+    other URI unchanged."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
+    return uri
+
+
 def default_tracking_uri(uri: str | None = None) -> str:
     """``uri``, else ``$MLFLOW_TRACKING_URI``, else the demo store; relative SQLite paths made absolute."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    return uri
+    return absolute_sqlite_uri(uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
 
 
 def check_reachable(

@@ -33,13 +33,6 @@ def resolve_storage_path(path: str) -> str:
     return str(Path(path).expanduser().resolve())
 
 
-def resolve_tracking_uri(uri: str) -> str:
-    """Make ``sqlite:///relative.db`` absolute so Ray workers and later commands find the same store."""
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path(uri[len("sqlite:///") :]).resolve())
-    return uri
-
-
 def _nearest_existing(path: Path) -> Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -79,7 +72,7 @@ def _reachable(field_name: str, uri: str, what: str) -> None:
 def _check_db_url(field_name: str, url: str, what: str) -> None:
     scheme = url.split(":", 1)[0].split("+")[0].lower()
     if scheme == "sqlite":
-        db = Path(url.split(":///", 1)[-1].split("?", 1)[0]).expanduser()
+        db = local_store_path(url)
         shown = redact_credentials(url)
         _check_writable_dir(field_name, shown, db.resolve().parent)
         if db.is_dir():
@@ -166,7 +159,8 @@ def stored_search_ids(optuna_url: str, studies: list[str]) -> dict[str, str | No
     from before search ids), read without creating anything (a missing SQLite file holds none)."""
     import optuna
 
-    if optuna_url.startswith("sqlite:///") and not Path(optuna_url[len("sqlite:///") :]).is_file():
+    local = local_store_path(optuna_url)
+    if optuna_url.startswith("sqlite:") and local is not None and not local.is_file():
         return {}
     storage = optuna.storages.RDBStorage(optuna_url, skip_table_creation=True)
     out: dict[str, str | None] = {}
@@ -253,9 +247,7 @@ def preflight(
     elif scheme is not None and scheme.split("+")[0] in ("sqlite", "postgresql", "mysql"):
         _check_db_url("tracking.uri", tracking_uri, tracking_what)
     elif scheme == "file" or scheme is None:
-        path = tracking_uri[len("file:") :] if scheme == "file" else tracking_uri
-        path = path[2:] if path.startswith("//") else path
-        _check_writable_dir("tracking.uri", tracking_uri, Path(path).expanduser().resolve())
+        _check_writable_dir("tracking.uri", tracking_uri, local_store_path(tracking_uri).resolve())
     if "://" not in storage_path:
         _check_writable_dir("storage.path", storage_path, Path(storage_path))
     # the Optuna storage in force: the spec's URL, or the default SQLite file under the storage path

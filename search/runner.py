@@ -32,10 +32,10 @@ import logging
 import os
 import traceback
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.pareto import OBJECTIVES
+from ..analysis.stores import absolute_sqlite_uri, local_store_path
 from ..core.errors import ResumableError
 from ..core.redact import credentials_to_env, redact_credentials
 from .optuna_options import create_pruner, create_sampler
@@ -47,7 +47,6 @@ from .preflight import (
     check_search_identity,
     preflight,
     resolve_storage_path,
-    resolve_tracking_uri,
 )
 from .spec import SearchSpec, flatten, spec_to_dict
 
@@ -87,8 +86,8 @@ class SearchOutcome:
 
 def _make_parent_dir(url: str) -> None:
     """Create the directory of a ``sqlite:///`` database (SQLite creates the file, not its folder)."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("sqlite:"):
+        local_store_path(url).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _context(spec: SearchSpec, arch: str, bits: int) -> TrialContext:
@@ -255,7 +254,7 @@ def run_search(
     from .tracking import MlflowTrialLogger, get_or_create_experiment, parent_run
     from .trainable import mcel_trial
 
-    tracking_uri = resolve_tracking_uri(tracking_uri or spec.tracking.uri)
+    tracking_uri = absolute_sqlite_uri(tracking_uri or spec.tracking.uri)
     storage_path = resolve_storage_path(storage_path or spec.storage.path)
     preflight(spec, tracking_uri, storage_path, resume=resume, check_data=not ray_address)
     import ray
@@ -264,7 +263,7 @@ def run_search(
         check_ray_address(ray_address)
     elif not ray.is_initialized():  # a new local Ray will be started: can it run this?
         check_local_resources(spec, num_cpus)
-    optuna_url = resolve_tracking_uri(spec.optuna_storage(storage_path))
+    optuna_url = absolute_sqlite_uri(spec.optuna_storage(storage_path))
     check_search_identity(spec, tracking_uri, optuna_url)  # read-only: nothing exists yet if refused
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its links carry the URI
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot often: a killed driver loses little

@@ -55,14 +55,15 @@ def _seal_path(experiment_dir: Path) -> Path:
     return _home() / "seals" / f"{name}.json"
 
 
+def _state_paths(experiment_dir: Path) -> list[Path]:
+    """What ``Tuner.restore`` deserializes: the directory's own ``.pkl`` and ``.json`` files (trial
+    checkpoints load with ``weights_only=True`` and need no seal), sorted."""
+    return sorted(p for p in experiment_dir.iterdir() if p.suffix in (".pkl", ".json") and p.is_file())
+
+
 def state_files(experiment_dir: Path) -> dict[str, str]:
-    """``{file name: sha256}`` of what ``Tuner.restore`` deserializes: the directory's own ``.pkl`` and
-    ``.json`` files (trial checkpoints load with ``weights_only=True`` and need no seal)."""
-    out = {}
-    for path in sorted(experiment_dir.iterdir()):
-        if path.is_file() and path.suffix in (".pkl", ".json"):
-            out[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return out
+    """``{file name: sha256}`` of the state files (:func:`_state_paths`)."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in _state_paths(experiment_dir)}
 
 
 def _mac(experiment_dir: Path, files: dict[str, str]) -> str:
@@ -118,12 +119,8 @@ class SealCallback(Callback):
         self._stamp: Any = None
 
     def _stamp_now(self) -> list[tuple[str, int, int]]:
-        out = []
-        for path in Path(self.experiment_dir).iterdir():
-            if path.suffix in (".pkl", ".json"):
-                st = path.stat()
-                out.append((path.name, st.st_mtime_ns, st.st_size))
-        return sorted(out)
+        stats = [(p.name, p.stat()) for p in _state_paths(Path(self.experiment_dir))]
+        return [(name, st.st_mtime_ns, st.st_size) for name, st in stats]
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if "://" in self.experiment_dir:
