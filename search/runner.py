@@ -208,7 +208,7 @@ def _tuner(
     exists = tune.Tuner.can_restore(path)
     if exists and resume:
         logger.info("resuming %s", path)
-        state_seal.verify(path)  # nothing someone else put there gets unpickled
+        state_seal.verify(path)  # right before unpickling: nothing someone else put there runs
         return tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
         )
@@ -265,6 +265,8 @@ def run_search(
         check_local_resources(spec, num_cpus)
     optuna_url = absolute_sqlite_uri(spec.optuna_storage(storage_path))
     check_search_identity(spec, tracking_uri, optuna_url)  # read-only: nothing exists yet if refused
+    if resume:  # a state someone else wrote is refused before Ray or anything else starts
+        _verify_stored_state(spec, storage_path)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its links carry the URI
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot often: a killed driver loses little
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -374,6 +376,21 @@ def run_search(
     return SearchOutcome(
         experiment_id=experiment_id, tracking_uri=tracking_uri, storage_path=storage_path, studies=outcomes
     )
+
+
+def _verify_stored_state(spec: SearchSpec, storage_path: str) -> None:
+    """Check the seal of every Tune run of ``spec`` that exists under ``storage_path`` (see
+    :mod:`.state_seal`); ``_tuner`` checks again right before it unpickles (the files could change)."""
+    from ray import tune
+
+    from . import state_seal
+
+    for arch, bits in spec.studies():
+        study = spec.study_name(arch, bits)
+        for name in (f"{study}-baseline", study):
+            path = experiment_dir(storage_path, name)
+            if tune.Tuner.can_restore(path):
+                state_seal.verify(path)
 
 
 def _search_id(optuna_url: str, study: str) -> str:

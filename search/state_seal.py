@@ -4,13 +4,17 @@
 state, the searcher's state): anyone who can write there (a shared folder, a bucket) could make a resume run
 code on the driver. So the driver that writes those files seals them: an HMAC-SHA256, under a key that only
 this user can read (``~/.config/mcel-search/restore.key``, created on first use, mode 0600), of each file's
-SHA-256, kept outside the storage path (``~/.config/mcel-search/seals/``). The seal is renewed after every
-step of Tune's loop in which the files changed (:class:`SealCallback`) and when the run ends. Before a
-resume, :func:`verify` recomputes it; a file added, removed or changed since refuses the resume in one line.
+SHA-256, kept outside the storage path (``~/.config/mcel-search/seals/``) with a copy of each sealed file.
+The seal is renewed after every step of Tune's loop in which the files changed (:class:`SealCallback`) and
+when the run ends. Before a resume, :func:`verify` recomputes it. Tune's snapshot files that differ from
+the seal (added, removed, changed: a driver killed between Tune's write and the seal, which Tune's
+asynchronous copy to the storage path makes a real window, or files planted there) are replaced by the
+sealed copies, so the resume goes on from the last sealed snapshot; a changed ``tuner.pkl`` (Tune writes
+it once, at creation, and the driver seals it then) refuses the resume in one line.
 
 Trust boundary: the machine and user that ran the search (their home directory) are trusted; the storage
-path is not. A search resumed elsewhere, or after a driver killed in the instant between Tune's write and
-the seal, is refused unless ``MCEL_TRUST_STORAGE=1`` says the storage path is trusted. Remote storage
+path is not. A search resumed elsewhere is refused unless ``MCEL_TRUST_STORAGE=1`` says the storage path
+is trusted. Remote storage
 (``s3://``, ``gs://``) is not sealed here: there the bucket's permissions are the boundary.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -28,6 +33,8 @@ from ray.tune import Callback
 
 from ..core.atomic import atomic_write
 from ..core.errors import BadInputError
+
+logger = logging.getLogger(__name__)
 
 #: Set to 1 to resume from a storage path whose state has no valid seal (you trust everything in it).
 TRUST_ENV = "MCEL_TRUST_STORAGE"
@@ -71,15 +78,52 @@ def _mac(experiment_dir: Path, files: dict[str, str]) -> str:
     return hmac.new(_key(), message, hashlib.sha256).hexdigest()
 
 
+def _copies(experiment_dir: Path) -> Path:
+    """Where the sealed state files are kept (outside the storage path, beside the seal)."""
+    return _seal_path(experiment_dir).with_suffix("")
+
+
 def seal(experiment_dir: str | os.PathLike) -> None:
-    """Record the current state files of a local experiment directory (nothing for a remote one)."""
+    """Record the current state files of a local experiment directory, and keep a copy of each (nothing
+    for a remote one): a resume after a driver killed before its last snapshot was sealed goes on from
+    these copies."""
     directory = Path(experiment_dir)
     if "://" in str(experiment_dir) or not directory.is_dir():
         return
-    files = state_files(directory)
+    copies = _copies(directory)
+    copies.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for path in _state_paths(directory):
+        data = path.read_bytes()
+        files[path.name] = hashlib.sha256(data).hexdigest()
+        with atomic_write(copies / path.name, "wb", durable=False) as fh:
+            fh.write(data)
+    for stale in copies.iterdir():
+        if stale.name not in files:
+            stale.unlink()
     record = {"dir": str(directory.resolve()), "files": files, "mac": _mac(directory, files)}
     with atomic_write(_seal_path(directory), "w") as fh:
         fh.write(json.dumps(record))
+
+
+def _restore_sealed_snapshot(directory: Path, sealed: dict[str, str]) -> bool:
+    """Put the sealed copies of Tune's snapshot files back (and remove unsealed ones); False when a copy
+    is missing or does not match its seal. ``tuner.pkl`` is never replaced: Tune writes it once, when
+    the run is created, and the driver seals it right then."""
+    copies = _copies(directory)
+    blobs = {}
+    for name, digest in sealed.items():
+        copy = copies / name
+        if not copy.is_file() or hashlib.sha256(copy.read_bytes()).hexdigest() != digest:
+            return False
+        blobs[name] = copy.read_bytes()
+    for path in _state_paths(directory):
+        if path.name not in sealed:
+            path.unlink()
+    for name, data in blobs.items():
+        with atomic_write(directory / name, "wb") as fh:
+            fh.write(data)
+    return True
 
 
 def verify(experiment_dir: str | os.PathLike) -> None:
@@ -100,13 +144,26 @@ def verify(experiment_dir: str | os.PathLike) -> None:
             f"(no seal in {str(path.parent)!r}); allowed: {allowed}"
         ) from None
     files = state_files(directory)
-    if not hmac.compare_digest(record.get("mac", ""), _mac(directory, files)):
-        sealed = record.get("files", {})
-        changed = sorted(n for n in set(files) | set(sealed) if files.get(n) != sealed.get(n))
-        raise UnsealedStateError(
-            f"storage.path: {str(directory)!r} — the state Ray Tune would unpickle changed since this "
-            f"user's driver wrote it ({', '.join(changed[:5]) or 'the seal'}); allowed: {allowed}"
+    if hmac.compare_digest(record.get("mac", ""), _mac(directory, files)):
+        return
+    sealed = record.get("files", {})
+    changed = sorted(n for n in set(files) | set(sealed) if files.get(n) != sealed.get(n))
+    # A driver killed after Tune wrote a snapshot but before it was sealed leaves newer snapshot files:
+    # go on from the last sealed snapshot (as if killed a moment earlier). A changed tuner.pkl, or a
+    # seal that is not this key's, is refused.
+    genuine = hmac.compare_digest(record.get("mac", ""), _mac(directory, sealed))
+    if genuine and "tuner.pkl" not in changed and _restore_sealed_snapshot(directory, sealed):
+        logger.warning(
+            "%s: Tune's state files %s are not the last sealed ones (a driver killed before it could seal "
+            "them, or files written by someone else): resuming from the last sealed snapshot",
+            directory,
+            ", ".join(changed[:5]),
         )
+        return
+    raise UnsealedStateError(
+        f"storage.path: {str(directory)!r} — the state Ray Tune would unpickle changed since this "
+        f"user's driver wrote it ({', '.join(changed[:5]) or 'the seal'}); allowed: {allowed}"
+    )
 
 
 class SealCallback(Callback):
