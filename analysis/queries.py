@@ -99,6 +99,9 @@ def runs_frame(
             "state": tags.get("mcel.state"),
             "study": tags.get("mcel.study"),
             "dataset": tags.get("dataset"),
+            # the error model the run was trained and evaluated under (core.protocol); runs written before
+            # protocols existed used ours
+            "protocol": tags.get("mcel.protocol", "default"),
             "arch": tags.get("arch"),
             "bits": int(tags["bits"]) if tags.get("bits", "").isdigit() else None,
             "loss": tags.get("loss") or run.data.params.get("loss"),
@@ -120,6 +123,7 @@ def runs_frame(
                 "role",
                 "state",
                 "dataset",
+                "protocol",
                 "arch",
                 "bits",
                 "loss",

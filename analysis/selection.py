@@ -41,7 +41,8 @@ from .pareto import OBJECTIVES, pareto_front
 from .stats import PairedGain, paired_gain
 
 RULES = ("constraint", "knee", "weighted")
-GROUP_COLS = ("dataset", "arch", "bits")
+#: A Pareto front never mixes error models: ``protocol`` (core.protocol's label) is part of the group.
+GROUP_COLS = ("dataset", "arch", "bits", "protocol")
 DEFAULT_WEIGHTS = {"clean_acc": 0.5, "ber_acc": 0.5}
 
 # Absolute tolerance (in accuracy fractions) for "within max_clean_drop points": 0.92 - 0.01 is not exactly
@@ -346,6 +347,8 @@ def select(
 def select_all(df: pd.DataFrame, group_cols: Sequence[str] = GROUP_COLS, **kwargs: Any) -> list[Selection]:
     """:func:`select` on each group of ``df`` (split by ``group_cols``), in sorted group order."""
     group_cols = list(group_cols)
+    if "protocol" in group_cols and "protocol" not in df.columns:
+        df = df.assign(protocol="default")  # a table without the column: every run used our protocol
     missing = [c for c in group_cols if c not in df.columns]
     if missing:
         raise BadInputError(f"trials table lacks group column(s) {missing}")

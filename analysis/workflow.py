@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,19 @@ from .stores import open_store
 
 
 def _group_name(experiment: str, sel: Selection) -> str:
+    """``<experiment>-<arch>-<bits>b``, plus ``-<protocol>`` (characters other than [A-Za-z0-9_.-] as ``_``)
+    when the group's protocol is not our default."""
     g = sel.group
-    return f"{experiment}-{g.get('arch')}-{g.get('bits')}b"
+    name = f"{experiment}-{g.get('arch')}-{g.get('bits')}b"
+    protocol = g.get("protocol", "default")
+    if protocol not in (None, "default"):
+        name += "-" + re.sub(r"[^A-Za-z0-9_.-]", "_", str(protocol))
+    return name
+
+
+def _protocol_suffix(sel: Selection) -> str:
+    """``, protocol <label>``: every printed result says which error model it used."""
+    return f", protocol {sel.group.get('protocol', 'default')}"
 
 
 def _group_runs(df: pd.DataFrame, sel: Selection) -> pd.DataFrame:
@@ -55,7 +67,8 @@ def pareto_command(
     blocks = []
     for sel in sels:
         text = [
-            f"== {sel.group.get('dataset')} {sel.group.get('arch')} {sel.group.get('bits')}-bit ==",
+            f"== {sel.group.get('dataset')} {sel.group.get('arch')} {sel.group.get('bits')}-bit"
+            f"{_protocol_suffix(sel)} ==",
             format_selection(sel),
         ]
         runs = _group_runs(df, sel)
@@ -160,7 +173,8 @@ def report_command(
         ]
         sections.append(
             ReportSection(
-                title=f"{sel.group.get('dataset')} / {sel.group.get('arch')} / {sel.group.get('bits')}-bit",
+                title=f"{sel.group.get('dataset')} / {sel.group.get('arch')} / {sel.group.get('bits')}-bit"
+                f"{_protocol_suffix(sel)}",
                 summary={
                     k: v for k, v in sel.summary().items() if not (isinstance(v, float) and math.isnan(v))
                 },

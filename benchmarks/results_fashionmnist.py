@@ -129,6 +129,7 @@ def cache_key(model: Model, args: argparse.Namespace) -> str:
     """Hash of everything that determines the cached result (setting, sweep, code-relevant knobs)."""
     spec = model.spec(args).to_dict()
     # the layout the committed cache was keyed with (TrialSpec had margin and b fields then): same key
+    spec.pop("protocol")  # always the default protocol here (the key predates protocols)
     params = spec.pop("loss_params")
     spec.update(margin=params.get("margin"), b=params.get("b", params.get("mhl_margin")))
     blob = json.dumps(

@@ -34,18 +34,20 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Generator, Tensor, nn
 
 from .errors import BadInputError
-from .layers import quantized_layers
-from .quantization import check_bits
+from .layers import QuantizedLayerMixin, quantized_layers
+from .protocol import BIAS_SEED_KEY
+from .quantization import QuantizedTensor, check_bits, reestimate
 
-__all__ = ["SPARSE_MAX_P", "derive_seed", "flip_bits", "inject_bit_errors"]
+__all__ = ["SPARSE_MAX_P", "StoredTensor", "derive_seed", "flip_bits", "inject_bit_errors", "stored_tensors"]
 
 SPARSE_MAX_P: dict[str, float] = {"cpu": 0.25, "cuda": 0.01}
 """Crossover per device type: the sparse algorithm is used when ``max(p01, p10) < SPARSE_MAX_P[type]``.
@@ -321,6 +323,49 @@ def _splitmix64(x: int) -> int:
     return z ^ (z >> 31)
 
 
+@dataclass(frozen=True)
+class StoredTensor:
+    """One tensor a bit error can hit: a quantized layer's weight, or its bias in the faulty memory.
+
+    ``name`` is the state-dict name (``"head.2.weight"``, ``"head.2.bias"``); ``layer_index`` the layer's
+    position in :func:`core.layers.quantized_layers`; its realization seed is ``derive_seed(seed, k)`` for
+    a weight and ``derive_seed(seed, k, BIAS_SEED_KEY)`` for a bias, whatever else is exposed."""
+
+    name: str
+    layer_name: str
+    layer: QuantizedLayerMixin
+    kind: str  # "weight" or "bias"
+    layer_index: int
+
+    def seed(self, seed: int) -> int:
+        """This tensor's realization seed for the realization ``seed``."""
+        if self.kind == "weight":
+            return derive_seed(seed, self.layer_index)
+        return derive_seed(seed, self.layer_index, BIAS_SEED_KEY)
+
+    def clean(self) -> QuantizedTensor:
+        return self.layer.quantized_weight() if self.kind == "weight" else self.layer.quantized_bias()
+
+    @property
+    def numel(self) -> int:
+        return (self.layer.weight if self.kind == "weight" else self.layer.bias).numel()
+
+
+def stored_tensors(model: nn.Module) -> list[StoredTensor]:
+    """Every tensor of ``model`` in the faulty memory, in module order: each quantized layer's weight, then
+    its bias if the layer stores it there (``bias_storage == "faulty"``, :mod:`core.protocol`)."""
+    out: list[StoredTensor] = []
+    for k, (name, layer) in enumerate(quantized_layers(model)):
+        out.append(StoredTensor(f"{name}.weight", name, layer, "weight", k))
+        if layer.has_faulty_bias:
+            out.append(StoredTensor(f"{name}.bias", name, layer, "bias", k))
+    return out
+
+
+#: How corrupted codes are decoded (core.protocol's ``decode`` switch).
+DECODES: tuple[str, ...] = ("clean", "reestimated")
+
+
 @contextmanager
 def inject_bit_errors(
     model: nn.Module,
@@ -330,15 +375,22 @@ def inject_bit_errors(
     *,
     straight_through: bool = False,
     count: bool = True,
+    decode: str = "clean",
+    only: Collection[str] | None = None,
 ) -> Iterator[dict[str, int]]:
-    """Run ``model`` with bit-flipped weight codes inside the ``with`` block; restore exactly on exit.
+    """Run ``model`` with bit-flipped codes inside the ``with`` block; restore exactly on exit.
 
-    For the ``k``-th quantized layer (module order of :func:`core.layers.quantized_layers`) the clean
-    codes ``qt = layer.quantized_weight()`` are flipped by :func:`flip_bits` (``p01 = ber``, ``p10``;
-    ``None``: symmetric) with a generator on the weight's device seeded by ``derive_seed(seed, k)``, and
-    the layer runs with ``qt.with_codes(flipped)`` (decoded with the clean scale and offset). On exit,
-    also through an exception, every layer's substitute is cleared. Float parameters are never written,
-    so the state dict after the block equals the one before bit for bit.
+    Every tensor of :func:`stored_tensors` (each quantized layer's weight codes ``qt =
+    layer.quantized_weight()``, and its bias codes where the protocol stores the bias in the faulty memory)
+    is flipped by :func:`flip_bits` (``p01 = ber``, ``p10``; ``None``: symmetric) with a generator on the
+    tensor's device seeded by :meth:`StoredTensor.seed` (``derive_seed(seed, k)`` for the ``k``-th layer's
+    weight), and the layer runs with the flipped codes, decoded with the clean scale and offset
+    (``decode="clean"``) or with a range re-estimated from the corrupted codes (``"reestimated"``,
+    :func:`core.quantization.reestimate`). On exit, also through an exception, every substitute is cleared.
+    Float parameters are never written, so the state dict after the block equals the one before bit for bit.
+
+    ``only``: names of the stored tensors to expose (e.g. ``{"features.0.0.weight"}``, for a sensitivity
+    map); each gets exactly the flips it gets when everything is exposed. None: all.
 
     One ``seed`` is one error realization: with symmetric errors the same seed flips the same bits of
     every model whose quantized layers have the same shapes and bits, whatever their weights (paired
@@ -350,34 +402,51 @@ def inject_bit_errors(
     (no host synchronisation; the yielded dict is then empty).
 
     Yields:
-        ``{layer name: number of flipped bits}`` (empty when ``count=False``).
+        ``{layer name: flipped weight bits}`` plus ``{layer name + ".bias": flipped bias bits}`` for
+        exposed faulty biases (empty when ``count=False``).
 
     Raises:
-        ValueError: ``ber`` or ``p10`` is not a finite number in [0, 1], or ``model`` has no quantized
-            layer (a float model holds no codes to corrupt).
+        ValueError: ``ber`` or ``p10`` is not a finite number in [0, 1], ``decode`` is unknown, ``only``
+            names a tensor the model does not store, or ``model`` has no quantized layer (a float model
+            holds no codes to corrupt).
     """
     ber = _check_probability("ber", ber)
     if p10 is not None:
         p10 = _check_probability("p10", p10)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed={seed!r} must be an int")
-    layers = list(quantized_layers(model))
-    if not layers:
+    if decode not in DECODES:
+        raise BadInputError(f"decode={decode!r} is not allowed: one of {', '.join(DECODES)}")
+    tensors = stored_tensors(model)
+    if not tensors:
         raise BadInputError(
             f"{type(model).__name__} has no quantized layers (bits 1..8): a float model cannot be "
             "evaluated under bit errors by this engine"
         )
+    if only is not None:
+        names = {t.name for t in tensors}
+        unknown = sorted(set(only) - names)
+        if unknown:
+            raise BadInputError(
+                f"only={unknown[:3]} names tensors this model does not store in faulty memory; it stores "
+                f"{', '.join(t.name for t in tensors)}"
+            )
+        tensors = [t for t in tensors if t.name in only]
     counts: dict[str, int | Tensor | None] = {}
     try:
-        for k, (name, layer) in enumerate(layers):
-            qt = layer.quantized_weight()
+        for t in tensors:
+            qt = t.clean()
             generator = torch.Generator(device=qt.codes.device)
-            generator.manual_seed(derive_seed(seed, k))
-            flipped, counts[name] = _flip_bits_counted(
-                qt.codes, qt.bits, ber, p10, generator, "auto", count=count
-            )
-            layer.substitute_codes(qt.with_codes(flipped), straight_through=straight_through)
+            generator.manual_seed(t.seed(seed))
+            flipped, n = _flip_bits_counted(qt.codes, qt.bits, ber, p10, generator, "auto", count=count)
+            corrupted = reestimate(qt, flipped) if decode == "reestimated" else qt.with_codes(flipped)
+            if t.kind == "weight":
+                counts[t.layer_name] = n
+                t.layer.substitute_codes(corrupted, straight_through=straight_through)
+            else:
+                counts[t.name] = n
+                t.layer.substitute_bias_codes(corrupted, straight_through=straight_through)
         yield {name: int(c) for name, c in counts.items()} if count else {}
     finally:
-        for _, layer in layers:
-            layer.clear_substitute()
+        for t in stored_tensors(model):
+            t.layer.clear_substitute()

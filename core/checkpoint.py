@@ -5,6 +5,7 @@ A checkpoint is a dict of tensors and plain values::
     {"format": "mcel-checkpoint", "version": 1,
      "model": {name, bits, num_classes, in_channels, image_size, logit_scale},   # create_model kwargs
      "data": {...}, "train": {...}, "loss": {...},   # how it was made (plain values)
+     "protocol": {...},                             # core.protocol.Protocol.to_dict(); absent: default
      "metrics": {...},                              # optional
      "state_dict": {...}}                           # model weights
 
@@ -61,7 +62,7 @@ def save_checkpoint(
 
 
 #: Keys a checkpoint may hold (anything else is refused: the file is untrusted input).
-KEYS = frozenset({"format", "version", "model", "data", "loss", "train", "metrics", "state_dict"})
+KEYS = frozenset({"format", "version", "model", "data", "loss", "train", "protocol", "metrics", "state_dict"})
 #: Largest checkpoint file read: the file never decides how much memory loading it takes.
 MAX_BYTES = 2 << 30
 

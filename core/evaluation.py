@@ -20,7 +20,7 @@ passes are compute-bound, so R realizations cost R passes either way.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,10 +178,17 @@ def ber_sweep(
     seed: int,
     p10: float | None = None,
     device: str | None = None,
+    *,
+    decode: str = "clean",
+    only: Collection[str] | None = None,
 ) -> BerSweepResult:
-    """Accuracy under random bit flips in the weights, ``reps`` realizations per BER (see module docstring).
+    """Accuracy under random bit flips in the stored tensors, ``reps`` realizations per BER (see module
+    docstring).
 
     ``bers`` are the ``0 -> 1`` flip probabilities; ``p10`` the ``1 -> 0`` probability (None: symmetric).
+    Every tensor in the faulty memory is exposed (each quantized layer's weight, and its bias where the
+    protocol stores it there) unless ``only`` names some (:func:`core.biterrors.inject_bit_errors`);
+    ``decode`` is the protocol's decode switch (``clean`` or ``reestimated``).
     The model is left exactly as it was (state dict and train/eval mode).
     """
     bers = _check_sweep_args(bers, reps, p10)
@@ -197,14 +204,14 @@ def ber_sweep(
                 if symmetric_zero and clean_acc is not None:
                     acc = clean_acc
                 else:
-                    with inject_bit_errors(model, ber, rseed, p10=p10):
+                    with inject_bit_errors(model, ber, rseed, p10=p10, decode=decode, only=only):
                         correct, total = _count_correct(model, batches)
                     acc = correct / max(total, 1)
                     if symmetric_zero:
                         clean_acc = acc
                 records.append({"ber": ber, "rep": rep, "seed": rseed, "accuracy": acc})
     summary = [summarize(b, [r["accuracy"] for r in records if r["ber"] == b]) for b in bers]
-    return BerSweepResult(records=records, summary=summary, seed=seed, p10=p10)
+    return BerSweepResult(records=records, summary=summary, seed=seed, p10=p10, extra={"decode": decode})
 
 
 def format_sweep_table(result: BerSweepResult) -> str:

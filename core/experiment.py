@@ -25,6 +25,7 @@ from .data import load_dataset
 from .evaluation import evaluate_accuracy, margin_statistics
 from .losses import create_loss
 from .models import create_model
+from .protocol import DEFAULT, Protocol, protocol_from_dict
 from .training import EpochStats, TrainConfig, Trainer, seed_everything
 
 
@@ -45,6 +46,10 @@ class TrialSpec:
     split_seed: int = 0  # deterministic train/test split where the data set needs one (digits)
     limit_train: int | None = None  # use only the first N training samples (deterministic subset)
     limit_test: int | None = None  # use only the first N test samples
+    # inputs, biases, arithmetic, output scale and decode (core.protocol); the default is ours, "paper" the
+    # reference framework's. Training settings are taken from `train` as given (the paper preset's train
+    # defaults are applied by whoever builds `train`: the spec, the CLI, paper_train_config)
+    protocol: Protocol = DEFAULT
 
     def data_kwargs(self) -> dict[str, Any]:
         return {
@@ -52,13 +57,23 @@ class TrialSpec:
             "split_seed": self.split_seed,
             "limit_train": self.limit_train,
             "limit_test": self.limit_test,
+            "inputs": self.protocol.inputs,
         }
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["loss_params"] = dict(self.loss_params)
         d["train"] = self.train.to_dict()
+        d["protocol"] = self.protocol.to_dict()
         return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrialSpec:
+        """The inverse of :meth:`to_dict`."""
+        d = dict(d)
+        d["train"] = TrainConfig(**d.get("train", {}))
+        d["protocol"] = protocol_from_dict(d.get("protocol"))
+        return cls(**d)
 
 
 @dataclass
@@ -89,13 +104,16 @@ def build(spec: TrialSpec) -> tuple[nn.Module, nn.Module, Any]:
         in_channels=data.in_channels,
         image_size=data.image_size,
         logit_scale=spec.logit_scale,
+        **spec.protocol.model_kwargs(),
+        output_scale_init=spec.protocol.output_scale_init,
     )
     return model, loss_fn, data
 
 
 def model_meta(spec: TrialSpec, data: Any) -> dict[str, Any]:
-    """The checkpoint's ``model`` entry: the create_model arguments."""
-    return {
+    """The checkpoint's ``model`` entry: the create_model arguments (structure switches only where they
+    differ from our default protocol, so a default model's entry is what it always was)."""
+    meta = {
         "name": spec.arch,
         "bits": spec.bits,
         "num_classes": data.num_classes,
@@ -103,6 +121,10 @@ def model_meta(spec: TrialSpec, data: Any) -> dict[str, Any]:
         "image_size": data.image_size,
         "logit_scale": spec.logit_scale,
     }
+    structure = {**spec.protocol.model_kwargs(), "output_scale_init": spec.protocol.output_scale_init}
+    default = {**DEFAULT.model_kwargs(), "output_scale_init": None}
+    meta.update({k: v for k, v in structure.items() if v != default[k]})
+    return meta
 
 
 def checkpoint_meta(spec: TrialSpec, data: Any, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -112,6 +134,7 @@ def checkpoint_meta(spec: TrialSpec, data: Any, metrics: dict[str, Any] | None =
         "data": {"name": spec.dataset, **spec.data_kwargs()},
         "loss": {"name": spec.loss, **spec.loss_params},
         "train": spec.train.to_dict(),
+        "protocol": spec.protocol.to_dict(),
         "metrics": metrics or {},
     }
 

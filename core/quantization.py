@@ -19,6 +19,10 @@ Edge cases:
   handled by the layers, not here.
 * NaN or infinite weights propagate (they are a training failure the caller must see), they are not hidden.
 
+Integer arithmetic (``integer=True``, the paper's reference framework): the same codes, decoded as the
+signed integer ``code - 2**(bits-1)`` (``scale = 1``, ``offset = -2**(bits-1)``); a layer then computes with
+integer-valued weights. Binary codes decode as ``+-1`` either way.
+
 The decode of corrupted codes must use the scale and offset of the *clean* weights (the hardware stores
 them outside the error-prone memory); :func:`dequantize` does exactly that with whatever codes it is handed.
 """
@@ -75,6 +79,13 @@ class QuantizedTensor:
         return QuantizedTensor(codes=codes, scale=self.scale, offset=self.offset, bits=self.bits)
 
 
+def _integer_params(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """``(1, -2**(bits-1))``: the decode of integer arithmetic (binary: ``(2, -1)``, i.e. ``+-1``)."""
+    if bits == 1:
+        return w.new_tensor(2.0), w.new_tensor(-1.0)
+    return w.new_tensor(1.0), w.new_tensor(-float(1 << (bits - 1)))
+
+
 def _affine_params(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     """Per-tensor ``(scale, offset)`` for ``w`` at ``bits``; see the module docstring."""
     if bits == 1:
@@ -85,11 +96,12 @@ def _affine_params(w: Tensor, bits: int) -> tuple[Tensor, Tensor]:
     return scale, lo
 
 
-def quantize(w: Tensor, bits: int) -> QuantizedTensor:
+def quantize(w: Tensor, bits: int, integer: bool = False) -> QuantizedTensor:
     """Quantize a float tensor to ``bits``-bit codes with per-tensor min/max (eq. 11).
 
     Round-half-to-even (``torch.round``) is used; the round-trip error of every element is at most
-    ``scale / 2``. The input is not modified and no gradient flows through the codes.
+    ``scale / 2``. The input is not modified and no gradient flows through the codes. ``integer=True``:
+    the same codes, decoded as ``code - 2**(bits-1)`` (module docstring).
     """
     check_bits(bits)
     if not w.is_floating_point():
@@ -104,7 +116,29 @@ def quantize(w: Tensor, bits: int) -> QuantizedTensor:
         else:
             q = (w - offset).div_(scale).round_()  # = torch.round((w - offset) / scale), one buffer
             codes = q.clamp_(0, (1 << bits) - 1).to(torch.uint8)
+        if integer:
+            scale, offset = _integer_params(w, bits)
     return QuantizedTensor(codes=codes, scale=scale, offset=offset, bits=bits)
+
+
+def reestimate(clean: QuantizedTensor, codes: Tensor) -> QuantizedTensor:
+    """Decode ``codes`` (corrupted codes of ``clean``) with a range re-estimated from ``codes`` themselves.
+
+    The corrupted codes' range ``[lo, hi] = [min(codes), max(codes)]`` is mapped onto the clean value range
+    ``[offset, offset + scale * (2**bits - 1)]``: ``scale' = scale * (2**bits - 1) / (hi - lo)`` and
+    ``offset' = offset - lo * scale'``, so ``value = offset + (code - lo) * scale'``. When the flips left the
+    range ``[0, 2**bits - 1]`` as it was (the usual case for a large tensor), this is the clean decode
+    exactly. A constant corrupted tensor (``hi == lo``) keeps the clean step: ``value = offset + (code - lo)
+    * scale``. Binary codes always decode as ``+-1`` (there is no range to re-estimate).
+    """
+    if clean.bits == 1:
+        return clean.with_codes(codes)
+    lo, hi = torch.aminmax(codes)
+    span = (hi - lo).to(clean.scale.dtype)
+    levels = float((1 << clean.bits) - 1)
+    scale = torch.where(span > 0, clean.scale * levels / span.clamp(min=1), clean.scale)
+    offset = clean.offset - lo.to(clean.scale.dtype) * scale
+    return QuantizedTensor(codes=codes, scale=scale, offset=offset, bits=clean.bits)
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> Tensor:
@@ -114,12 +148,12 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype | None = None) -> Tensor:
     return qt.codes.to(dtype, copy=True).mul_(qt.scale.to(dtype)).add_(qt.offset.to(dtype))
 
 
-def quantize_dequantize(w: Tensor, bits: int) -> Tensor:
+def quantize_dequantize(w: Tensor, bits: int, integer: bool = False) -> Tensor:
     """The value each element of ``w`` is stored as (no gradient), in ``w``'s dtype."""
-    return dequantize(quantize(w, bits), dtype=w.dtype)
+    return dequantize(quantize(w, bits, integer), dtype=w.dtype)
 
 
-def _fake_quantize_value(w: Tensor, bits: int) -> Tensor:
+def _fake_quantize_value(w: Tensor, bits: int, integer: bool = False) -> Tensor:
     """The forward value of :func:`fake_quantize`, ``dequantize(quantize(w, bits))``, in fewer passes.
 
     Fast path (n-bit): ``((w - lo) / scale).round().clamp(0, 2**bits - 1) * scale + lo`` evaluated in place
@@ -134,33 +168,38 @@ def _fake_quantize_value(w: Tensor, bits: int) -> Tensor:
         return quantize_dequantize(w, bits)
     with torch.no_grad():
         scale, lo = _affine_params(w, bits)
-        return (w - lo).div_(scale).round_().clamp_(0, (1 << bits) - 1).mul_(scale).add_(lo)
+        q = (w - lo).div_(scale).round_().clamp_(0, (1 << bits) - 1)
+        if integer:  # signed integer code: q - 2**(bits-1), exact in float
+            return q.sub_(float(1 << (bits - 1)))
+        return q.mul_(scale).add_(lo)
 
 
 class _FakeQuantSTE(torch.autograd.Function):
     """Forward: quantize-dequantize. Backward: identity (n-bit) or hardtanh gradient (binary)."""
 
     @staticmethod
-    def forward(ctx, w: Tensor, bits: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx, w: Tensor, bits: int, integer: bool) -> Tensor:  # type: ignore[override]
         ctx.bits = bits
         if bits == 1:
             ctx.save_for_backward(w)
-        return _fake_quantize_value(w, bits)
+        return _fake_quantize_value(w, bits, integer)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         if ctx.bits == 1:
             (w,) = ctx.saved_tensors
-            return grad * (w.abs() <= 1).to(grad.dtype), None
-        return grad, None
+            return grad * (w.abs() <= 1).to(grad.dtype), None, None
+        return grad, None, None
 
 
-def fake_quantize(w: Tensor, bits: int) -> Tensor:
+def fake_quantize(w: Tensor, bits: int, integer: bool = False) -> Tensor:
     """Straight-through quantization for quantization-aware training.
 
     The forward value equals ``dequantize(quantize(w, bits))``; the gradient is passed through unchanged
     for n-bit weights (the straight-through estimator), and through ``hardtanh`` for binary weights
     (``d/dw = 1`` where ``|w| <= 1``, else ``0``; Courbariaux et al.). Runs without host synchronisation.
+    ``integer=True``: the forward value is the signed code ``q - 2**(bits-1)`` (the reference framework's
+    integer arithmetic), the gradient the same identity.
     """
     check_bits(bits)
-    return _FakeQuantSTE.apply(w, bits)
+    return _FakeQuantSTE.apply(w, bits, bool(integer))

@@ -51,6 +51,20 @@ def _floats(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
 
 
+def _protocol_arg(text: str):
+    from ..core.protocol import parse_protocol
+
+    try:
+        return parse_protocol(text)
+    except BadInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _protocol_line(protocol) -> str:
+    """The switches of ``protocol`` on one line (what every printed result says it used)."""
+    return ", ".join(f"{k} {v}" for k, v in protocol.to_dict().items() if k != "preset")
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train one model (one trial) and write a checkpoint and metrics")
     p.add_argument("--arch", default="small_cnn", help="model name (see `mcel list`)")
@@ -61,12 +75,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--margin", type=float, default=None, help="MCEL margin m >= 0 (mcel)")
     p.add_argument("--b", type=float, default=None, help="MCEL saturation bound b > 0 (mcel)")
     p.add_argument("--mhl-margin", type=float, default=None, help="MHL margin > 0 (mhl)")
-    p.add_argument("--logit-scale", type=float, default=1.0, help="constant factor on the raw logits")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--step-size", type=int, default=10, help="StepLR step size (epochs)")
-    p.add_argument("--gamma", type=float, default=0.5, help="StepLR decay")
+    p.add_argument(
+        "--logit-scale",
+        type=float,
+        default=None,
+        help="constant factor on the raw logits (default 1.0; the learnable scale's init under --protocol "
+        "paper+output_scale_init=None)",
+    )
+    p.add_argument(
+        "--protocol",
+        default="default",
+        type=_protocol_arg,
+        help="default (ours), paper (the reference framework's: raw inputs, faulty biases, integer "
+        "arithmetic, learnable scale, re-estimated decode; lr 1e-4, StepLR 5/0.5, 10 epochs unless given), "
+        "or PRESET+switch=value,... e.g. paper+decode=clean",
+    )
+    # None: the protocol preset's value (paper) or TrainConfig's default
+    p.add_argument("--epochs", type=int, default=None, help="default 10")
+    p.add_argument("--batch-size", type=int, default=None, help="default 256")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3; paper 1e-4)")
+    p.add_argument(
+        "--step-size", type=int, default=None, help="StepLR step size in epochs (default 10; paper 5)"
+    )
+    p.add_argument("--gamma", type=float, default=None, help="StepLR decay (default 0.5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--data-root", default=None, help="data set root (default: $MCEL_DATA_ROOT)")
@@ -82,12 +113,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ..core.losses import all_loss_params
     from ..core.training import TrainConfig
 
+    protocol = args.protocol
+    given = {
+        k: getattr(args, k)
+        for k in ("epochs", "batch_size", "lr", "step_size", "gamma")
+        if getattr(args, k) is not None
+    }
     train = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        step_size=args.step_size,
-        gamma=args.gamma,
+        **{**protocol.train_defaults(), **given},
         seed=args.seed,
         device=args.device,
         progress=args.progress,
@@ -100,12 +133,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         loss_params={
             name: getattr(args, name) for name in all_loss_params() if getattr(args, name) is not None
         },
-        logit_scale=args.logit_scale,
+        logit_scale=1.0 if args.logit_scale is None else args.logit_scale,
         train=train,
         data_root=args.data_root,
         limit_train=args.limit_train,
         limit_test=args.limit_test,
+        protocol=protocol,
     )
+    print(f"protocol {protocol.label}: {_protocol_line(protocol)}", flush=True)
 
     def on_epoch(stats, _trainer) -> None:
         print(
@@ -135,12 +170,27 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
     p.add_argument("--batch-size", type=int, default=1024)
+    _add_protocol_flags(p)
     p.set_defaults(func=cmd_evaluate)
+
+
+def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--protocol",
+        default=None,
+        type=_protocol_arg,
+        help="evaluate under this protocol (default: the one the checkpoint was trained with, which it "
+        "records); another one needs --cross-protocol",
+    )
+    p.add_argument(
+        "--cross-protocol",
+        action="store_true",
+        help="allow --protocol to differ from the checkpoint's (only inputs and decode may change)",
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.checkpoint import load_checkpoint
-    from ..core.data import load_dataset
     from ..core.evaluation import ber_sweep, format_sweep_table
     from ..core.training import resolve_device
 
@@ -152,17 +202,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             path = str(download_checkpoint(path, tmp, tracking_uri=args.tracking_uri))
         model, payload = load_checkpoint(path, device=device)
-    data_cfg = dict(payload.get("data", {}))
-    name = data_cfg.pop("name", None)
-    if name is None:
-        raise UsageError(f"checkpoint {args.checkpoint!r} does not say which data set it was trained on")
-    if args.data_root is not None:
-        data_cfg["root"] = args.data_root
-    data_cfg.pop("limit_train", None)
-    data = load_dataset(name, **data_cfg)
-    result = ber_sweep(model, data.test, args.bers, args.reps, args.seed, p10=args.p10, device=str(device))
+    protocol, name, data = _checkpoint_data(args, payload)
+    result = ber_sweep(
+        model,
+        data.test,
+        args.bers,
+        args.reps,
+        args.seed,
+        p10=args.p10,
+        device=str(device),
+        decode=protocol.decode,
+    )
     m = payload["model"]
     print(f"{m['name']} {m['bits']}-bit on {name} ({len(data.test)} test samples), seed {args.seed}")
+    print(f"protocol {protocol.label}: {_protocol_line(protocol)}")
     print(format_sweep_table(result))
     if args.csv:
         path = Path(args.csv)
@@ -173,6 +226,139 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for r in result.records:
                 writer.writerow({"ber": r["ber"], "rep": r["rep"], "accuracy": r["accuracy"]})
         print(f"wrote {path}")
+    return 0
+
+
+def _checkpoint_data(args: argparse.Namespace, payload: dict):
+    """``(protocol, data set name, test data)`` to evaluate a loaded checkpoint with: its recorded protocol
+    unless ``--protocol`` (with ``--cross-protocol``) says otherwise, its data set under that protocol's
+    input convention, ``--data-root`` overriding the recorded root."""
+    from ..core.data import load_dataset
+    from ..core.protocol import evaluation_protocol, protocol_from_dict
+
+    trained = protocol_from_dict(payload.get("protocol"))
+    protocol = evaluation_protocol(trained, args.protocol, args.cross_protocol)
+    data_cfg = dict(payload.get("data", {}))
+    name = data_cfg.pop("name", None)
+    if name is None:
+        raise UsageError(f"checkpoint {args.checkpoint!r} does not say which data set it was trained on")
+    if args.data_root is not None:
+        data_cfg["root"] = args.data_root
+    data_cfg.pop("limit_train", None)
+    data_cfg["inputs"] = protocol.inputs
+    return protocol, name, load_dataset(name, **data_cfg)
+
+
+def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sensitivity",
+        help="accuracy drop per stored tensor (each layer's weights, each faulty bias) when only it is flipped",
+    )
+    p.add_argument("checkpoint", help="checkpoint path, or a runs:/ or models:/ URI")
+    p.add_argument("--ber", type=float, required=True, help="bit error rate, e.g. 0.01")
+    p.add_argument("--reps", type=int, default=10, help="error realizations per tensor (>= 2 for a CI)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the realization seed list (as mcel evaluate)")
+    p.add_argument("--p10", type=float, default=None, help="1->0 flip probability (default: symmetric)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
+    p.add_argument("--csv", default=None, help="write one row per (tensor, rep): tensor, rep, accuracy")
+    p.add_argument("--figure", default=None, help="write a bar chart of the drops (.png)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store for runs:/ / models:/ and --log-to")
+    p.add_argument(
+        "--log-to",
+        default=None,
+        metavar="RUN_ID",
+        help="log the map as metrics sensitivity.<tensor>.drop/ci_low/ci_high/worst into this MLflow run",
+    )
+    _add_protocol_flags(p)
+    p.set_defaults(func=cmd_sensitivity)
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from ..analysis import sensitivity as sens
+    from ..core.checkpoint import load_checkpoint
+    from ..core.sensitivity import sensitivity_map
+    from ..core.training import MAX_SEED, resolve_device
+    from .spec import MAX_REPS, SpecError
+
+    problems = []
+    if not (isinstance(args.ber, float) and 0.0 <= args.ber <= 1.0):
+        problems.append(f"--ber: {args.ber!r} — a bit error rate in [0, 1]")
+    if not 1 <= args.reps <= MAX_REPS:
+        problems.append(f"--reps: {args.reps!r} — an integer >= 1 and <= {MAX_REPS:_}")
+    if not 0 <= args.seed <= MAX_SEED:
+        problems.append(f"--seed: {args.seed!r} — an integer >= 0 and <= {MAX_SEED:_}")
+    if args.figure is not None and not args.figure.lower().endswith(".png"):
+        problems.append(f"--figure: {args.figure!r} — a path ending in .png")
+    if problems:
+        raise SpecError(problems, "<command line>")
+    client = None
+    if args.log_to is not None:  # the run must exist before the expensive part
+        from ..analysis.stores import open_store
+
+        client, _ = open_store(args.tracking_uri)
+        try:
+            client.get_run(args.log_to)
+        except Exception as exc:  # MlflowException for an unknown id
+            raise UsageError(
+                f"--log-to: {args.log_to!r} — the id of an existing MLflow run ({type(exc).__name__})"
+            ) from None
+    device = resolve_device(args.device)
+    with tempfile.TemporaryDirectory(prefix="mcel-ckpt-") as tmp:
+        path = args.checkpoint
+        if path.startswith(("runs:/", "models:/")):
+            from ..analysis.queries import download_checkpoint
+
+            path = str(download_checkpoint(path, tmp, tracking_uri=args.tracking_uri))
+        model, payload = load_checkpoint(path, device=device)
+    protocol, name, data = _checkpoint_data(args, payload)
+    raw = sensitivity_map(
+        model,
+        data.test,
+        args.ber,
+        args.reps,
+        args.seed,
+        p10=args.p10,
+        decode=protocol.decode,
+        device=str(device),
+    )
+    rows = sens.summarize(raw)
+    m = payload["model"]
+    print(f"{m['name']} {m['bits']}-bit on {name} ({len(data.test)} test samples), seed {args.seed}")
+    print(f"protocol {protocol.label}: {_protocol_line(protocol)}")
+    print(sens.format_table(rows, args.ber))
+    if args.csv:
+        out = Path(args.csv)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with out.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["tensor", "kind", "rep", "accuracy", "clean_acc"])
+            writer.writeheader()
+            for r in raw:
+                for rep, acc in enumerate(r.accs):
+                    writer.writerow(
+                        {
+                            "tensor": r.name,
+                            "kind": r.kind,
+                            "rep": rep,
+                            "accuracy": acc,
+                            "clean_acc": r.clean_acc,
+                        }
+                    )
+        print(f"wrote {out}")
+    if args.figure:
+        print(f"wrote {sens.plot(rows, args.ber, args.figure)}")
+    if client is not None:
+        import time as _time
+
+        from mlflow.entities import Metric, Param
+
+        now = int(_time.time() * 1000)
+        client.log_batch(
+            args.log_to,
+            metrics=[Metric(k, v, now, 0) for k, v in sens.metrics(rows).items()],
+            params=[Param("sensitivity.ber", str(args.ber)), Param("sensitivity.reps", str(args.reps))],
+        )
+        print(f"logged {len(rows)} tensors' sensitivity into run {args.log_to}")
     return 0
 
 
@@ -403,6 +589,7 @@ COMMANDS: dict[str, Callable[[argparse._SubParsersAction], None]] = {
     "search": _add_search,
     "train": _add_train,
     "evaluate": _add_evaluate,
+    "sensitivity": _add_sensitivity,
     "list": _add_list,
 }
 

@@ -103,6 +103,7 @@ def _context(spec: SearchSpec, arch: str, bits: int) -> TrialContext:
         objective=spec.objective,
         sweep=spec.sweep,
         cpus=spec.resources.cpu,
+        protocol=spec.protocol,
     )
 
 
@@ -295,6 +296,7 @@ def run_search(
             "bits": str(bits),
             "dataset": spec.data.name,
             "mcel.spec": spec.name,
+            "mcel.protocol": spec.protocol.label,
             SEARCH_ID_KEY: search_id,
         }
         parent = parent_run(client, experiment_id, study, tags, flat)
@@ -303,7 +305,7 @@ def run_search(
         fixed_params = {
             k: v
             for k, v in flat.items()
-            if k.startswith(("train.", "objective.", "sweep.", "dataset", "data."))
+            if k.startswith(("train.", "objective.", "sweep.", "dataset", "data.", "protocol."))
         }
         if spec.baseline.enabled:
             logger_cb = MlflowTrialLogger(

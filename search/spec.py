@@ -84,6 +84,12 @@ A complete spec, every key shown (only ``name``, ``dataset``, ``architectures``,
                                    # head node or postgresql://...)
     failure:
       max_retries: 2               # retries of a failed trial (Ray Tune FailureConfig)
+    protocol: default              # the error model (core.protocol): default (ours: standardized inputs,
+                                   # biases protected) or paper (the reference framework's: raw inputs,
+                                   # every bias quantized in the faulty memory, integer codes, learnable
+                                   # scale from 1e-5, re-estimated decode; its lr 1e-4, StepLR 5 / 0.5 and
+                                   # 10 epochs fill train fields the spec does not set); or a mapping
+                                   # {preset: paper, decode: clean, ...} changing single switches
 
 YAML notes: ``1e-3`` is read as a number (plain PyYAML reads it as a string); a key given twice in one
 mapping is an error (PyYAML silently keeps the last).
@@ -99,6 +105,8 @@ from typing import Any
 
 from ..core.errors import BadInputError
 from ..core.params import Param
+from ..core.protocol import CHOICES as PROTOCOL_CHOICES
+from ..core.protocol import DEFAULT, PRESET_NAMES, PRESETS, Protocol, merge_switches, protocol_problems
 from ..core.training import MAX_EPOCHS, MAX_SEED, TrainConfig
 from .optuna_options import (
     PRUNER_ALIASES,
@@ -294,6 +302,9 @@ class SearchSpec:
     tracking: TrackingSpec  # MLflow
     storage: StorageSpec  # results and Optuna storage
     failure: FailureSpec  # retries
+    # inputs, biases, arithmetic, output scale, decode (core.protocol): YAML `protocol: paper`, or a mapping
+    # {preset: paper, decode: clean, ...}; default: ours
+    protocol: Protocol = DEFAULT
 
     def experiment_name(self) -> str:
         """The MLflow experiment: ``tracking.experiment`` or the spec's name."""
@@ -448,19 +459,92 @@ def _space(errs: Errors, value: Any, losses: Sequence[str]) -> dict[str, ParamSp
     return out
 
 
-def _train(errs: Errors, value: Any) -> TrainConfig | None:
+def _train(errs: Errors, value: Any, preset: Mapping[str, Any] | None = None) -> TrainConfig | None:
     """The ``train`` section as a :class:`~mcel_search.core.training.TrainConfig`: its keys, defaults and
     bounds are TrainConfig's own (:data:`~mcel_search.core.training.TRAIN_BOUNDS`); every bad field is
-    reported. ``epochs`` is required here."""
+    reported. ``epochs`` is required here unless the protocol preset sets it. ``preset``: the protocol
+    preset's training settings, which fill the fields the section does not give (before TrainConfig's
+    defaults)."""
     from ..core.training import train_config_problems
 
-    raw = check_section(errs, "train", value, TrainConfig, required=("epochs",))
+    preset = dict(preset or {})
+    given = set(value) if isinstance(value, Mapping) else set()
+    if isinstance(value, Mapping):
+        value = {**{k: v for k, v in preset.items() if k not in given}, **value}
+    required = () if "epochs" in preset else ("epochs",)
+    raw = check_section(errs, "train", value, TrainConfig, required=required)
     problems = train_config_problems(raw)
     for name, bad, allowed in problems:
         errs.add(f"train.{name}", bad, allowed)
     if problems or "epochs" not in raw:
         return None
     return TrainConfig(**raw)
+
+
+#: Keys of the spec's ``protocol`` mapping.
+PROTOCOL_KEYS: tuple[str, ...] = tuple(f.name for f in fields(Protocol))
+
+
+def _protocol(
+    errs: Errors, value: Any, bits: Sequence[int], space: Mapping[str, ParamSpace] | None
+) -> Protocol | None:
+    """The ``protocol`` section: a preset name (``paper``), or a mapping ``{preset: <name>, <switch>:
+    <value>, ...}`` whose switches change the preset's (:mod:`mcel_search.core.protocol`). Every bad switch
+    is reported, and combinations that make no sense name both fields: faulty biases or integer arithmetic
+    with 32-bit models (no codes), an ``output_scale_init`` with a constant scale, or a learnable scale's
+    fixed init next to a searched ``space.logit_scale`` (one of the two would be ignored)."""
+    if value is ABSENT or value is None:
+        return DEFAULT
+    if isinstance(value, str):
+        value = {"preset": value}
+    raw = check_mapping(errs, "protocol", value, PROTOCOL_KEYS)
+    preset = raw.get("preset", "default")
+    before = len(errs.lines)
+    for name, bad, allowed in protocol_problems(raw):
+        errs.add(
+            f"protocol.{name}",
+            bad,
+            allowed
+            + (
+                did_you_mean(bad, PRESET_NAMES)
+                if name == "preset"
+                else did_you_mean(bad, PROTOCOL_CHOICES.get(name, ()))
+            ),
+        )
+    if len(errs.lines) > before or preset not in PRESETS:
+        return None
+    merged = merge_switches(preset, {k: v for k, v in raw.items() if k != "preset"})
+    for name, bad, allowed in protocol_problems(merged):
+        errs.add(
+            f"protocol.{name}", bad, allowed + f" (with protocol.output_scale: {merged['output_scale']})"
+        )
+    if 32 in bits:
+        faulty = [k for k in ("conv_bias", "linear_bias", "output_bias") if merged[k] == "faulty"]
+        integer = ["arithmetic"] if merged["arithmetic"] == "integer" else []
+        for k in (*faulty, *integer):
+            errs.add(
+                f"protocol.{k}",
+                merged[k],
+                "not with bits: 32 (a float model stores no codes: no faulty biases, no integer "
+                "arithmetic); drop 32 from bits or choose "
+                + ("float or absent" if k != "arithmetic" else "affine"),
+            )
+    scale = (space or {}).get("logit_scale")
+    if (
+        merged["output_scale"] == "learnable"
+        and merged["output_scale_init"] is not None
+        and scale is not None
+        and scale.fixed is None
+    ):
+        errs.add(
+            "protocol.output_scale_init",
+            merged["output_scale_init"],
+            "null when space.logit_scale is searched (the learnable scale starts at the searched "
+            "logit_scale), or fix space.logit_scale",
+        )
+    if len(errs.lines) > before:
+        return None
+    return Protocol(**merged)
 
 
 def _ber(errs: Errors, path: str, value: Any, optional: bool = False) -> Any:
@@ -703,11 +787,13 @@ def parse_spec(data: Any, *, source: str = "<dict>", early: Sequence[str] = ()) 
     valid_losses = [loss for loss in losses if loss is not None]
     space = _space(errs, get("space"), valid_losses)
 
-    if "train" not in raw:
+    protocol = _protocol(errs, get("protocol"), [b for _, b in bits], space)
+    preset_train = protocol.train_defaults() if protocol is not None else {}
+    if "train" not in raw and "epochs" not in preset_train:
         errs.add("train.epochs", ABSENT, "required (train: {epochs: N})")
         train = None
     else:
-        train = _train(errs, raw["train"])
+        train = _train(errs, raw.get("train", {}), preset_train)
     objective = _objective(errs, get("objective"))
     sweep = _sweep(errs, get("sweep"), objective.target_ber)
     trials = (
@@ -724,6 +810,7 @@ def parse_spec(data: Any, *, source: str = "<dict>", early: Sequence[str] = ()) 
         "tracking": _tracking(errs, get("tracking")),
         "storage": _storage(errs, get("storage")),
         "failure": _failure(errs, get("failure")),
+        "protocol": protocol,
     }
     if errs.lines:
         raise SpecError(errs.lines, source)

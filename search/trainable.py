@@ -38,6 +38,7 @@ from ..core.checkpoint import save_checkpoint
 from ..core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margin_statistics
 from ..core.experiment import TrialSpec, build, checkpoint_meta
 from ..core.losses import loss_params
+from ..core.protocol import DEFAULT, Protocol
 from ..core.training import TrainConfig, Trainer, TrainingDivergedError
 from . import faults
 from .searcher import NUMBER_KEY
@@ -63,6 +64,7 @@ class TrialContext:
     objective: ObjectiveSpec  # how ber_acc is measured
     sweep: SweepSpec  # the final BER curve (holds objective.target_ber: the spec validated it)
     cpus: float  # CPUs per trial: torch's thread count
+    protocol: Protocol = DEFAULT  # inputs, biases, arithmetic, output scale, decode (core.protocol)
 
 
 def _device(requested: str) -> str:
@@ -99,6 +101,7 @@ def trial_spec(config: dict[str, Any], context: TrialContext) -> TrialSpec:
         split_seed=data.split_seed,
         limit_train=data.limit_train,
         limit_test=data.limit_test,
+        protocol=context.protocol,
     )
 
 
@@ -165,9 +168,11 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
         # ber_acc is NaN where not measured with the full protocol (the key must be in every result: Tune
         # checks that the searcher's metrics are; NaN is never logged, never reported to a pruner).
         metrics["ber_acc"] = metrics["ber_acc_std"] = float("nan")
-        target, p10 = objective.target_ber, objective.p10
+        target, p10, decode = objective.target_ber, objective.p10, spec.protocol.decode
         curve = (
-            ber_sweep(trainer.model, test, sweep.bers, sweep.reps, objective.seed, p10=p10) if final else None
+            ber_sweep(trainer.model, test, sweep.bers, sweep.reps, objective.seed, p10=p10, decode=decode)
+            if final
+            else None
         )
         if final or trainer.epoch % objective.every == 0:
             use_subset = subset is not None and not final
@@ -175,7 +180,9 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
                 result = curve  # the final curve holds target_ber (validated) with the objective's seeds
             else:
                 batches = subset if use_subset else test
-                result = ber_sweep(trainer.model, batches, [target], objective.reps, objective.seed, p10=p10)
+                result = ber_sweep(
+                    trainer.model, batches, [target], objective.reps, objective.seed, p10=p10, decode=decode
+                )
             name = f"ber_acc_sub{subset_n}" if use_subset else "ber_acc"
             s = result.at(target)
             metrics[name] = s.mean

@@ -19,6 +19,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +64,13 @@ class DatasetBundle:
 DatasetLoader = Callable[..., DatasetBundle]
 
 _DATASETS: dict[str, DatasetLoader] = {}
+
+#: Input conventions (core.protocol's ``inputs`` switch): standardized with the training split's per-channel
+#: mean/std, or raw ``pixel / max_pixel`` in [0, 1] (the reference framework's ``ToTensor()`` only).
+INPUTS: tuple[str, ...] = ("standardized", "raw")
+# the convention of the load_dataset call in progress, read by make_bundle (every loader ends there, so
+# no loader needs to know the switch)
+_INPUTS: contextvars.ContextVar[str] = contextvars.ContextVar("mcel_inputs", default="standardized")
 
 
 def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
@@ -110,6 +118,7 @@ def load_dataset(
     download: bool = False,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    inputs: str = "standardized",
     **kw,
 ) -> DatasetBundle:
     """Load data set ``name`` (see :func:`list_datasets`) into memory.
@@ -121,6 +130,8 @@ def load_dataset(
         download: allow downloading missing files (never done otherwise).
         limit_train: keep only this many training samples (a seeded random subset; ``None``: all).
         limit_test: the same for the test split.
+        inputs: ``"standardized"`` (per-channel mean/std of the full training split) or ``"raw"``
+            (``pixel / max_pixel`` in [0, 1]; the bundle's ``mean`` is then 0 and ``std`` 1 per channel).
         **kw: loader-specific options (e.g. ``n_train`` of ``synthetic``); ``None`` values are dropped.
 
     Raises:
@@ -133,15 +144,21 @@ def load_dataset(
         raise BadInputError(
             f"unknown data set {name!r}; known data sets: {', '.join(list_datasets())}"
         ) from None
+    if inputs not in INPUTS:
+        raise BadInputError(f"inputs={inputs!r} is not allowed: one of {', '.join(INPUTS)}")
     kw = {k: v for k, v in kw.items() if v is not None}
-    return loader(
-        root=root,
-        split_seed=int(split_seed),
-        download=bool(download),
-        limit_train=_check_limit("limit_train", limit_train),
-        limit_test=_check_limit("limit_test", limit_test),
-        **kw,
-    )
+    token = _INPUTS.set(inputs)
+    try:
+        return loader(
+            root=root,
+            split_seed=int(split_seed),
+            download=bool(download),
+            limit_train=_check_limit("limit_train", limit_train),
+            limit_test=_check_limit("limit_test", limit_test),
+            **kw,
+        )
+    finally:
+        _INPUTS.reset(token)
 
 
 def subset_indices(n: int, limit: int | None, seed: int) -> np.ndarray:
@@ -197,7 +214,8 @@ def make_bundle(
     split_seed: int,
     source: str,
 ) -> DatasetBundle:
-    """Normalize with the full training split's statistics, apply the limits, make a :class:`DatasetBundle`.
+    """Normalize with the full training split's statistics (raw inputs, see :func:`load_dataset`: only
+    ``/ scale``), apply the limits, make a :class:`DatasetBundle`.
 
     ``train`` and ``test`` are ``(images (N, C, H, W), labels (N,))`` numpy arrays; ``scale`` maps raw pixel
     values to [0, 1] (255 for ``uint8``, 16 for ``digits``).
@@ -205,7 +223,10 @@ def make_bundle(
     (xtr, ytr), (xte, yte) = train, test
     if xtr.ndim != 4 or xtr.shape[2] != xtr.shape[3]:
         raise BadInputError(f"{name}: expected square images (N, C, H, W), got shape {xtr.shape}")
-    mean, std = channel_stats(xtr, scale)
+    if _INPUTS.get() == "raw":
+        mean, std = (0.0,) * xtr.shape[1], (1.0,) * xtr.shape[1]
+    else:
+        mean, std = channel_stats(xtr, scale)
     itr = subset_indices(len(xtr), limit_train, split_seed)
     ite = subset_indices(len(xte), limit_test, split_seed + 1)
     return DatasetBundle(
@@ -218,7 +239,7 @@ def make_bundle(
         mean=mean,
         std=std,
         source=source,
-        extra={"full_train_size": len(xtr), "full_test_size": len(xte)},
+        extra={"full_train_size": len(xtr), "full_test_size": len(xte), "inputs": _INPUTS.get()},
     )
 
 

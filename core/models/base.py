@@ -12,13 +12,20 @@ Conventions of all models in :mod:`core.models`:
   (``bits=1``), always after BatchNorm; the first layer sees real-valued images and the output layer
   produces real-valued logits;
 * :class:`~core.layers.LogitScale` is the very last module.
+
+These are our default protocol's conventions; :func:`apply_structure` gives a built model another
+protocol's biases, arithmetic and output scale (:mod:`core.protocol`).
 """
 
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor, nn
 
-from ..layers import LogitScale, QuantConv2d, QuantLinear, SignActivation
+from ..errors import BadInputError
+from ..layers import LogitScale, QuantConv2d, QuantizedLayerMixin, QuantLinear, SignActivation
 
 BINARY_BITS = 1
 
@@ -91,3 +98,67 @@ class QuantClassifier(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logit_scale(self.head(self.features(x)))
+
+
+#: Structure switches of :func:`apply_structure` and their defaults (our protocol, :mod:`core.protocol`).
+STRUCTURE_DEFAULTS: dict[str, str] = {
+    "conv_bias": "absent",
+    "linear_bias": "absent",
+    "output_bias": "float",
+    "arithmetic": "affine",
+    "output_scale": "constant",
+}
+
+
+def layer_kind(model: nn.Module, layer: nn.Module) -> str:
+    """``"output"`` for the model's output layer (its last :class:`~core.layers.QuantLinear` in module
+    order), else ``"conv"`` or ``"linear"`` (a hidden fully connected layer)."""
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear)]
+    if linears and layer is linears[-1]:
+        return "output"
+    return "conv" if isinstance(layer, QuantConv2d) else "linear"
+
+
+def apply_structure(
+    model: nn.Module, *, logit_scale: float, scale_init: float | None = None, **switches: str
+) -> None:
+    """Give a freshly built model the protocol's structure (in place; the defaults change nothing).
+
+    * ``conv_bias`` / ``linear_bias`` / ``output_bias``: ``absent`` removes the layer kind's biases;
+      ``float`` or ``faulty`` gives every layer of that kind a bias, initialised as PyTorch initialises
+      ``nn.Conv2d``/``nn.Linear`` biases (``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, drawn after all weights,
+      in module order) and stored in float or quantized in the faulty memory.
+    * ``arithmetic: integer``: every quantized layer computes with signed integer codes.
+    * ``output_scale: learnable``: the logit scale becomes a trained parameter initialised to
+      ``scale_init`` (None: ``logit_scale``).
+
+    Raises BadInputError for integer arithmetic or faulty biases in a float (32-bit) model, which holds
+    no codes.
+    """
+    opts = {**STRUCTURE_DEFAULTS, **switches}
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLayerMixin)]
+    for layer in layers:
+        mode = opts[f"{layer_kind(model, layer)}_bias"]
+        if mode == "absent":
+            if layer.bias is not None:
+                layer.register_parameter("bias", None)
+            continue
+        if mode == "faulty" and not layer.is_quantized:
+            raise BadInputError(
+                "protocol: faulty biases need a quantized model (bits 1..8): a 32-bit model holds no codes"
+            )
+        if layer.bias is None:
+            out_features = layer.weight.shape[0]
+            fan_in = layer.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            bias = torch.empty(out_features, dtype=layer.weight.dtype, device=layer.weight.device)
+            layer.bias = nn.Parameter(nn.init.uniform_(bias, -bound, bound))
+        layer.bias_storage = mode
+    if opts["arithmetic"] == "integer":
+        if not any(layer.is_quantized for layer in layers):
+            raise BadInputError("protocol.arithmetic: integer needs a quantized model (bits 1..8)")
+        for layer in layers:
+            layer.integer = layer.is_quantized
+    if opts["output_scale"] == "learnable":
+        init = logit_scale if scale_init is None else scale_init
+        model.logit_scale = LogitScale(init, learnable=True)

@@ -45,6 +45,15 @@ _MODELS: dict[str, ModelSpec] = {}
 #: names ``num_classes: 10**9`` must not make the loader allocate gigabytes first.
 SHAPE_LIMITS: dict[str, int] = {"num_classes": 100_000, "in_channels": 64, "image_size": 1024}
 _DEFAULTS: dict[str, Any] = {"num_classes": 10, "in_channels": 1, "image_size": 28, "logit_scale": 1.0}
+#: Structure keys (core.protocol's model switches) a model config may carry, with their defaults.
+_STRUCTURE: dict[str, Any] = {
+    "conv_bias": "absent",
+    "linear_bias": "absent",
+    "output_bias": "float",
+    "arithmetic": "affine",
+    "output_scale": "constant",
+    "output_scale_init": None,
+}
 
 
 def register_model(
@@ -108,6 +117,7 @@ def create_model(
     in_channels: int | None = None,
     image_size: int | None = None,
     logit_scale: float | None = None,
+    **structure: Any,
 ) -> nn.Module:
     """Build architecture ``name`` with every conv/linear weight quantized to ``bits`` bits.
 
@@ -118,6 +128,9 @@ def create_model(
         in_channels: channels of the input images (default 1).
         image_size: height = width of the input images (default 28).
         logit_scale: constant the raw logits are multiplied by (default 1.0; paper Sec. VIII-A).
+        **structure: the protocol's model switches (:data:`core.protocol.MODEL_SWITCHES`: biases per layer
+            kind, arithmetic, output scale and its init; :func:`core.models.base.apply_structure`); absent
+            or None keys take our default protocol's values, which build exactly the plain model.
 
     ``None`` arguments take the defaults. The model carries ``model.mcel_config``, a plain dict of the
     resolved arguments (``name`` included) that :func:`create_model_from_config` rebuilds it from.
@@ -143,8 +156,27 @@ def create_model(
         raise BadInputError(
             f"num_classes={kwargs['num_classes']} is not allowed: a classifier needs >= 2 classes"
         )
+    from ..protocol import protocol_problems
+    from .base import apply_structure
+
+    unknown = sorted(set(structure) - set(_STRUCTURE))
+    if unknown:
+        raise BadInputError(f"create_model({name!r}) got unknown keywords {unknown}")
+    struct = {**_STRUCTURE, **{k: v for k, v in structure.items() if v is not None}}
+    problems = protocol_problems(struct)
+    if problems:
+        raise BadInputError(
+            "; ".join(f"protocol.{k}={v!r} is not allowed: it must be {a}" for k, v, a in problems)
+        )
     model = spec.builder(bits=bits, **kwargs)
-    model.mcel_config = {"name": name, "bits": bits, **kwargs}
+    switches = {k: v for k, v in struct.items() if k != "output_scale_init"}
+    apply_structure(
+        model, logit_scale=kwargs["logit_scale"], scale_init=struct["output_scale_init"], **switches
+    )
+    config = {"name": name, "bits": bits, **kwargs}
+    # structure keys only where they differ from the default: a default model's config is what it was
+    config.update({k: v for k, v in struct.items() if v != _STRUCTURE[k]})
+    model.mcel_config = config
     return model
 
 
@@ -155,7 +187,7 @@ def create_model_from_config(config: Mapping[str, Any]) -> nn.Module:
         name = config.pop("name")
     except KeyError:
         raise BadInputError(f"model config {config!r} has no 'name'") from None
-    unknown = set(config) - {"bits", *_DEFAULTS}
+    unknown = set(config) - {"bits", *_DEFAULTS, *_STRUCTURE}
     if unknown:
         raise BadInputError(f"model config has unknown keys {sorted(unknown)}")
     return create_model(name, **config)

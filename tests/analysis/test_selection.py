@@ -341,10 +341,15 @@ def test_select_all_sorted_groups():
     # sorted by (dataset, arch, bits): resnet18 < vgg3, and bits numerically 8 < 16.
     assert [s.row["run_id"] for s in sels] == ["r2", "v8", "v16"]
     assert [s.group for s in sels] == [
-        {"dataset": "fashionmnist", "arch": "resnet18", "bits": 2},
-        {"dataset": "fashionmnist", "arch": "vgg3", "bits": 8},
-        {"dataset": "fashionmnist", "arch": "vgg3", "bits": 16},
+        {"dataset": "fashionmnist", "arch": "resnet18", "bits": 2, "protocol": "default"},
+        {"dataset": "fashionmnist", "arch": "vgg3", "bits": 8, "protocol": "default"},
+        {"dataset": "fashionmnist", "arch": "vgg3", "bits": 16, "protocol": "default"},
     ]
+    # a table without the protocol column is our protocol's; two protocols never share a front
+    paper = df[df["run_id"] == "v8"].assign(protocol="paper", run_id="p8")
+    mixed = pd.concat([df.assign(protocol="default"), paper], ignore_index=True)
+    groups = [(s.group["bits"], s.group["protocol"]) for s in select_all(mixed)]
+    assert groups == [(2, "default"), (8, "default"), (8, "paper"), (16, "default")]
     assert sels[2].baseline["run_id"] == "c16" and sels[1].baseline is None
     assert [s.rule for s in select_all(df, rule="knee")] == ["knee"] * 3
     assert select_all(df.iloc[0:0]) == []
