@@ -120,8 +120,15 @@ def _check_dtypes(path: Path, model: nn.Module, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model a checkpoint names and load its weights; returns ``(model in eval mode, payload)``."""
     from .models import create_model
+    from .protocol import protocol_from_dict
 
     payload = read_checkpoint(path)
+    try:
+        protocol_from_dict(payload.get("protocol"))
+    except BadInputError as exc:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} records a protocol that is not valid: {exc}"
+        ) from None
     spec = dict(payload["model"])
     try:
         model = create_model(spec.pop("name"), **spec)

@@ -217,10 +217,13 @@ def protocol_from_dict(values: Mapping[str, Any] | None) -> Protocol:
     (a checkpoint written before protocols existed) is the default protocol."""
     if values is None:
         return DEFAULT
-    if not isinstance(values, Mapping):
-        raise BadInputError(f"protocol {values!r} is not a mapping of protocol switches")
+    if not isinstance(values, Mapping) or not all(isinstance(k, str) for k in values):
+        raise BadInputError(f"protocol {str(values)[:80]!r} is not a mapping of protocol switches")
     values = dict(values)
-    return make_protocol(values.pop("preset", "default"), **values)
+    preset = values.pop("preset", "default")
+    if not isinstance(preset, str):
+        raise BadInputError(f"protocol preset {str(preset)[:80]!r} is not one of {', '.join(PRESET_NAMES)}")
+    return make_protocol(preset, **values)
 
 
 def evaluation_protocol(trained: Protocol, requested: Protocol | None, cross: bool) -> Protocol:

@@ -165,6 +165,8 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
             "clean_acc": evaluate_accuracy(trainer.model, test),
             "search_wait_s": wait_s,
         }
+        if spec.protocol.output_scale == "learnable":  # where Adam took the reference's Scale
+            metrics["output_scale"] = float(trainer.model.logit_scale.scale.detach())
         # ber_acc is NaN where not measured with the full protocol (the key must be in every result: Tune
         # checks that the searcher's metrics are; NaN is never logged, never reported to a pruner).
         metrics["ber_acc"] = metrics["ber_acc_std"] = float("nan")

@@ -330,3 +330,16 @@ def test_a_trial_spec_builds_the_protocols_model_and_data_and_records_it() -> No
     assert [n for n, _ in plain.named_parameters() if n.endswith("bias") and "bn" not in n][
         -1
     ] == "head.2.bias"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [{"preset": ["paper"]}, {"preset": "paper", "decode": "fresh"}, {"bias": "faulty"}, "paper", {1: 2}],
+)
+def test_a_checkpoint_with_a_bad_protocol_entry_is_refused_in_one_line(tmp_path, entry) -> None:
+    from mcel_search.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    model = create_model("small_cnn", bits=4, image_size=8)
+    path = save_checkpoint(tmp_path / "c.pt", model, {"model": model.mcel_config, "protocol": entry})
+    with pytest.raises(CheckpointError, match="records a protocol that is not valid"):
+        load_checkpoint(path)
