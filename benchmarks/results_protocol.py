@@ -314,7 +314,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[Run]], done: dict[Run,
             label = "CEL" if r.loss == "cel" else f"MCEL m={r.margin:g}"
             lines.append(
                 f"| {label} | {ms(d['acc'][key])} | {ms(d.get('acc_weights_only', [float('nan')]))} | "
-                f"{ms(d.get('acc_clean_decode', [float('nan')]))} | {d.get('output_scale')} |"
+                f"{ms(d.get('acc_clean_decode', [float('nan')]))} | {d.get('output_scale') or float('nan'):.3g} |"
             )
         lines.append("")
     # sensitivity

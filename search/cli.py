@@ -520,15 +520,60 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
         "--register", action="store_true", help="register each selected checkpoint in the Model Registry"
     )
     p.add_argument("--alias", default="champion", help="alias of the registered version (default: champion)")
+    p.add_argument(
+        "--sensitivity",
+        type=float,
+        default=None,
+        metavar="BER",
+        help="also map each selected model's per-tensor sensitivity at this BER (as `mcel sensitivity`) "
+        "and log it into the selected run",
+    )
+    p.add_argument("--sensitivity-reps", type=int, default=10, help="realizations per tensor (default 10)")
     p.set_defaults(func=cmd_pareto)
 
 
 def cmd_pareto(args: argparse.Namespace) -> int:
     from ..analysis.workflow import pareto_command
 
+    if args.sensitivity is not None:
+        from .spec import MAX_REPS, SpecError
+
+        problems = []
+        if not 0.0 <= args.sensitivity <= 1.0:
+            problems.append(f"--sensitivity: {args.sensitivity!r} — a bit error rate in [0, 1]")
+        if not 1 <= args.sensitivity_reps <= MAX_REPS:
+            problems.append(
+                f"--sensitivity-reps: {args.sensitivity_reps!r} — an integer >= 1 and <= {MAX_REPS:_}"
+            )
+        if problems:
+            raise SpecError(problems, "<command line>")
     print(
         pareto_command(args.experiment, register=args.register, alias=args.alias, **_selection_kwargs(args))
     )
+    if args.sensitivity is not None:
+        from ..analysis.queries import best_checkpoints
+
+        for _, row in best_checkpoints(args.experiment, **_selection_kwargs(args)).iterrows():
+            print(
+                f"\n== sensitivity of the selected {row['dataset']} {row['arch']} {int(row['bits'])}-bit model =="
+            )
+            cmd_sensitivity(
+                argparse.Namespace(
+                    checkpoint=row["checkpoint_uri"],
+                    ber=args.sensitivity,
+                    reps=args.sensitivity_reps,
+                    seed=0,
+                    p10=None,
+                    device="cpu",
+                    data_root=None,
+                    csv=None,
+                    figure=None,
+                    tracking_uri=args.tracking_uri,
+                    log_to=row["run_id"],
+                    protocol=None,
+                    cross_protocol=False,
+                )
+            )
     return 0
 
 

@@ -94,3 +94,27 @@ def test_a_paper_protocol_search_records_its_protocol_everywhere(
         timeout=300,
     )
     assert missing.returncode == 2 and "--log-to" in missing.stderr
+    # the same as a search option: the selected model's map, logged into the selected run
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcel_search.search.cli",
+            "pareto",
+            "paper-search",
+            "--tracking-uri",
+            mlflow_server.uri,
+            "--sensitivity",
+            "0.05",
+            "--sensitivity-reps",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "== sensitivity of the selected digits small_cnn 4-bit model ==" in proc.stdout
+    logged = [ln.split()[-1] for ln in proc.stdout.splitlines() if ln.startswith("logged 8 tensors")]
+    assert len(logged) == 1
+    assert "sensitivity.head.1.0.bias.worst" in client.get_run(logged[0]).data.metrics
