@@ -115,6 +115,8 @@ def plan(spec: SearchSpec, tracking_uri: str, storage_path: str) -> str:
         f"  objectives: clean_acc, ber_acc at BER {spec.objective.target_ber:g} "
         f"({spec.objective.reps} shared realizations, seed {spec.objective.seed}), both maximized",
         f"  sampler {spec.sampler.name} (seed {spec.sampler.seed}); pruner {spec.pruner.name} on {spec.pruner.metric}",
+        f"  protocol {spec.protocol.label}: "
+        + ", ".join(f"{k} {v}" for k, v in spec.protocol.to_dict().items() if k != "preset"),
         f"  per trial: {spec.train.epochs} epochs, {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU; "
         f"at most {spec.concurrency} at once; {spec.failure.max_retries} retries",
         "  space: "
