@@ -38,7 +38,6 @@ import argparse
 import hashlib
 import json
 import platform
-import shlex
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -442,7 +441,9 @@ def report(args: argparse.Namespace, runs: dict[str, list[Run]], done: dict[Run,
         f"models), {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads. "
         f"Stages not complete yet: {', '.join(missing) or 'none'}. CIs: Student t ({T_SOURCE}).",
         "",
-        f"Command: `{' '.join(shlex.quote(a) for a in ['.venv/bin/python', 'benchmarks/results_protocol.py', *sys.argv[1:]])}`",
+        "Command: `.venv/bin/python benchmarks/results_protocol.py` (every stage not cached; `--stage NAME` for "
+        "one stage, `--report-only` to re-render this block from the cache). Training seeds 0-2 where shown; "
+        f"sweep seed {args.sweep_seed}.",
         "",
     ]
     return "\n".join(lines)
