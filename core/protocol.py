@@ -208,7 +208,7 @@ def make_protocol(preset: str = "default", **switches: Any) -> Protocol:
     unknown = sorted(set(switches) - {f.name for f in fields(Protocol)} - {"preset"})
     if unknown:
         allowed = ", ".join(f.name for f in fields(Protocol) if f.name != "preset")
-        raise BadInputError(f"unknown protocol switch(es) {unknown}: allowed are {allowed}")
+        raise BadInputError(f"unknown switch(es) {unknown}: allowed are {allowed}")
     return Protocol(**merge_switches(preset, switches))
 
 
@@ -276,17 +276,7 @@ def parse_protocol(text: str) -> Protocol:
         switches[key] = value
     if bad:
         raise BadInputError(f"protocol {text!r}: " + "; ".join(bad))
-    if preset not in PRESETS:
-        raise BadInputError(f"protocol {text!r}: preset {preset!r} is not one of {', '.join(PRESET_NAMES)}")
-    unknown = sorted(set(switches) - {f.name for f in fields(Protocol)} - {"preset"})
-    if unknown:
-        allowed = ", ".join(f.name for f in fields(Protocol) if f.name != "preset")
-        raise BadInputError(f"protocol {text!r}: unknown switch(es) {unknown}; allowed are {allowed}")
-    merged = merge_switches(preset, switches)
-    problems = protocol_problems(merged)
-    if problems:
-        raise BadInputError(
-            f"protocol {text!r}: "
-            + "; ".join(f"{k}={v!r} is not allowed: it must be {a}" for k, v, a in problems)
-        )
-    return Protocol(**merged)
+    try:
+        return make_protocol(preset, **switches)
+    except BadInputError as exc:
+        raise BadInputError(f"protocol {text!r}: {exc}") from None

@@ -190,18 +190,11 @@ def _add_protocol_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..core.checkpoint import load_checkpoint
     from ..core.evaluation import ber_sweep, format_sweep_table
     from ..core.training import resolve_device
 
     device = resolve_device(args.device)
-    with tempfile.TemporaryDirectory(prefix="mcel-ckpt-") as tmp:  # a downloaded checkpoint: removed after
-        path = args.checkpoint
-        if path.startswith(("runs:/", "models:/")):
-            from ..analysis.queries import download_checkpoint
-
-            path = str(download_checkpoint(path, tmp, tracking_uri=args.tracking_uri))
-        model, payload = load_checkpoint(path, device=device)
+    model, payload = _load_checkpoint_arg(args, device)
     protocol, name, data = _checkpoint_data(args, payload)
     result = ber_sweep(
         model,
@@ -227,6 +220,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 writer.writerow({"ber": r["ber"], "rep": r["rep"], "accuracy": r["accuracy"]})
         print(f"wrote {path}")
     return 0
+
+
+def _load_checkpoint_arg(args: argparse.Namespace, device):
+    """``(model, payload)`` of ``args.checkpoint``: a path, or a runs:/ / models:/ URI downloaded from
+    ``args.tracking_uri`` into a temporary directory that is removed after loading."""
+    from ..core.checkpoint import load_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="mcel-ckpt-") as tmp:
+        path = args.checkpoint
+        if path.startswith(("runs:/", "models:/")):
+            from ..analysis.queries import download_checkpoint
+
+            path = str(download_checkpoint(path, tmp, tracking_uri=args.tracking_uri))
+        return load_checkpoint(path, device=device)
 
 
 def _checkpoint_data(args: argparse.Namespace, payload: dict):
@@ -276,7 +283,6 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..analysis import sensitivity as sens
-    from ..core.checkpoint import load_checkpoint
     from ..core.sensitivity import sensitivity_map
     from ..core.training import MAX_SEED, resolve_device
     from .spec import MAX_REPS, SpecError
@@ -304,13 +310,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                 f"--log-to: {args.log_to!r} — the id of an existing MLflow run ({type(exc).__name__})"
             ) from None
     device = resolve_device(args.device)
-    with tempfile.TemporaryDirectory(prefix="mcel-ckpt-") as tmp:
-        path = args.checkpoint
-        if path.startswith(("runs:/", "models:/")):
-            from ..analysis.queries import download_checkpoint
-
-            path = str(download_checkpoint(path, tmp, tracking_uri=args.tracking_uri))
-        model, payload = load_checkpoint(path, device=device)
+    model, payload = _load_checkpoint_arg(args, device)
     protocol, name, data = _checkpoint_data(args, payload)
     raw = sensitivity_map(
         model,
