@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-fast lint format bench demo results clean
+.PHONY: install test test-fast lint format bench demo results clean lock
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ format: $(STAMP)
 ## --resume makes it idempotent: a second `make demo` continues or re-reports the same search.
 demo: $(STAMP)
 	$(BIN)/mcel search configs/quickstart.yaml --resume
+
+## requirements.lock: every version a cluster node installs (cluster.yaml installs with it as constraints).
+lock: $(STAMP)
+	$(BIN)/python cluster-setup/make_lock.py
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.suite

@@ -3,8 +3,10 @@
 A tool for operators, run before ``ray up`` (``python -m mcel_search.cluster cluster.yaml``); nothing in a
 running search imports it.
 
-Ray's schema (``ray.autoscaler._private.util.validate_config``) checks that a config is well formed; these
-rules check what makes it right *for this project*, offline, without a cloud:
+:func:`check_cluster_file` first runs Ray's own validation, ``validate_config(prepare_config(cfg))`` (the
+schema and the provider's defaults, offline: ``prepare_config`` merges the ``defaults.yaml`` shipped inside Ray
+and calls no cloud API), reported as ``[ray-schema]``. Then these rules check what makes a config right
+*for this project*, offline, without a cloud:
 
 * the head node runs no trials (``resources: {"CPU": 0}`` or ``ray start --head --num-cpus=0``) and has no
   GPU, so Tune places every trial on a GPU worker;
@@ -14,13 +16,26 @@ rules check what makes it right *for this project*, offline, without a cloud:
 * workers can write the shared storage (AWS: an ``IamInstanceProfile``; GCP: ``serviceAccounts`` with a
   storage scope), AWS nodes name an ``ImageId`` (Ray's fallback AMI is Ubuntu 18.04, whose Python is too
   old for this project);
+* every node installs with the lock file (``-c <synced dir>/requirements.lock``, ``[setup-lock]``);
 * the working directory is synced (``file_mounts`` with local ``.``; ``rsync_exclude`` keeps ``.venv``,
   ``.git``, ``mlflow.db``, ``mlruns`` and ``ray_results`` out) and every node installs it with ``pip install``
   into a virtualenv whose ``ray`` the start commands use; ``MCEL_DATA_ROOT`` is set to a local path;
 * the MLflow server starts on the head only and binds to the head's private address (never all interfaces, a
   public IP or loopback); the Ray dashboard binds to ``127.0.0.1``; no security-group rule opens a port other
   than SSH to the world;
-* buckets are the placeholder ``YOUR-BUCKET``; no credentials (access keys, private keys, passwords in URLs).
+* buckets are the placeholder ``YOUR-BUCKET``; no credentials (access keys, private keys, passwords in URLs);
+* permissions (``[iam-head]``, ``[iam-passrole]``, ``[iam-files]``): on AWS the head names its own instance
+  profile (Ray's default ``ray-autoscaler-v1`` has no ``iam:PassRole``, so AWS refuses to launch workers
+  that carry a profile) and the head policy shipped in ``cluster-setup/`` allows ``iam:PassRole`` on every
+  worker profile's role; the ``cluster-setup/`` files the config names exist;
+* SSH only from the operator (``[ssh-open]``): AWS nodes name ``SecurityGroupIds`` (Ray's own group opens
+  port 22 to ``0.0.0.0/0``), GCP nodes a ``networkInterfaces`` network (the default network's firewall lets
+  SSH in from anywhere);
+* Ray token authentication (``[auth-token]``): ``~/.ray/auth_token`` is in ``file_mounts`` and every
+  ``ray start`` runs with ``RAY_AUTH_MODE=token``;
+* GPUs really used (``[gpu-check]``, ``[gpu-driver]``): every GPU worker's setup runs ``python -m
+  mcel_search.core.devices`` (fails the node when torch cannot use its GPU), and a driver installed by the
+  setup commands is pinned to a version that runs torch's CUDA (>= :data:`MIN_NVIDIA_DRIVER`).
 
 Every problem is one line that starts with a ``[code]`` naming the rule, e.g.
 ``[head-runs-trials] head node type 'head': ...``. :func:`check_cluster_file` checks a file (its comments
@@ -31,6 +46,7 @@ spec pack onto the worker node types without idle GPU shares.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import math
 import re
 from collections.abc import Iterable, Mapping
@@ -124,6 +140,19 @@ _PIP_INSTALL_RE = re.compile(
 )
 _RAY_PIN_RE = re.compile(r"\bray(?:\[[^\]]*\])?==(?P<version>[0-9][\w.]*)")
 _BUCKET_RE = re.compile(r"\b(?:s3|s3a|gs|gcs)://(?P<bucket>[^/\s'\"]+)")
+
+
+#: The lock file (``make lock``) every node installs with, as pip constraints.
+LOCK_FILE = "requirements.lock"
+#: The NVIDIA driver branch torch 2.14.1+cu130 (CUDA 13.0) needs at least.
+MIN_NVIDIA_DRIVER = 580
+#: The command a GPU worker's setup must run: fails the node when torch cannot use its GPU.
+GPU_CHECK = "mcel_search.core.devices"
+#: Where Ray's authentication token lives, on the operator's machine and on every node.
+AUTH_TOKEN_PATH = "~/.ray/auth_token"
+_SETUP_FILE_RE = re.compile(r"\bcluster-setup/[\w.-]+")
+_DRIVER_INSTALL_RE = re.compile(r"ubuntu-drivers\s+(?:install|autoinstall)\b(?P<args>[^;&|\n]*)")
+_DRIVER_PIN_RE = re.compile(r"nvidia:(?P<branch>\d+)")
 
 
 class ClusterConfigError(BadInputError):
@@ -372,6 +401,15 @@ def _check_install(cfg: Mapping[str, Any], problems: list[str]) -> None:
                 f"[setup-install] node type {node!r}: no `<venv>/bin/pip install [-e] <synced dir>` in its setup "
                 f"commands (synced: {', '.join(synced) or 'none'}; venvs: {', '.join(sorted(venvs)) or 'none'})"
             )
+        elif not any(
+            any(f"{mount}/{LOCK_FILE}" in args for mount in synced)
+            for exe, args in installs
+            if any(mount in args for mount in synced)
+        ):
+            problems.append(
+                f"[setup-lock] node type {node!r}: the project is installed without `-c <synced dir>/{LOCK_FILE}`; "
+                "each node would resolve unpinned transitive versions on its own"
+            )
         for command in start_commands(cfg, node):
             paths = {_home(p) for p in re.findall(r"PATH=([^:\s;]+)/bin:", command)}
             for match in _RAY_ANY_RE.finditer(command):
@@ -478,6 +516,134 @@ def _check_autoscaling(cfg: Mapping[str, Any], problems: list[str]) -> None:
             problems.append(f"[autoscaling] {key} is not set (Ray's default would apply silently)")
 
 
+def _check_iam(cfg: Mapping[str, Any], provider: str, problems: list[str]) -> None:
+    if provider != "aws":
+        return
+    head = head_type(cfg)
+    head_config = node_types(cfg).get(str(head), {}).get("node_config") or {}
+    if not head_config.get("IamInstanceProfile"):
+        problems.append(
+            f"[iam-head] head node type {head!r}: no IamInstanceProfile; Ray's default head profile "
+            "(ray-autoscaler-v1) has no iam:PassRole, so AWS refuses to launch the workers with their profile "
+            "(cluster-setup/aws-setup.sh makes mcel-head)"
+        )
+
+
+def worker_profile_roles(cfg: Mapping[str, Any]) -> dict[str, str]:
+    """AWS: worker node type -> the role name its instance profile ARN names (``.../instance-profile/X``
+    -> ``X``: ``cluster-setup/aws-setup.sh`` gives every profile a role of the same name)."""
+    out = {}
+    for name, nt in worker_types(cfg).items():
+        profile = (nt.get("node_config") or {}).get("IamInstanceProfile") or {}
+        arn = str(profile.get("Arn", "")) if isinstance(profile, dict) else ""
+        if "instance-profile/" in arn:
+            out[name] = arn.rsplit("instance-profile/", 1)[1]
+    return out
+
+
+def _listed(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)] if value is not None else []
+
+
+def passrole_problems(cfg: Mapping[str, Any], head_policy: Mapping[str, Any]) -> list[str]:
+    """``[iam-passrole]`` for every worker profile whose role the head policy may not pass (an ``Allow``
+    statement with ``iam:PassRole`` (or ``iam:*``, ``*``) on ``arn:aws:iam::<account>:role/<role>``, where a
+    ``*`` in the policy's resource matches anything)."""
+    allowed: list[re.Pattern[str]] = []
+    for st in head_policy.get("Statement") or []:
+        if not isinstance(st, dict) or st.get("Effect") != "Allow":
+            continue
+        if not set(_listed(st.get("Action"))) & {"iam:PassRole", "iam:*", "*"}:
+            continue
+        for resource in _listed(st.get("Resource")):
+            allowed.append(re.compile(".*".join(map(re.escape, resource.split("*"))) + "$"))
+    problems = []
+    for node, role in worker_profile_roles(cfg).items():
+        if not any(rx.match(f"arn:aws:iam::YOUR-ACCOUNT-ID:role/{role}") for rx in allowed):
+            problems.append(
+                f"[iam-passrole] worker node type {node!r}: the head policy allows no iam:PassRole on role "
+                f"{role!r}; AWS would refuse to launch the worker with its instance profile"
+            )
+    return problems
+
+
+def _check_ssh(cfg: Mapping[str, Any], provider: str, problems: list[str]) -> None:
+    for name, nt in node_types(cfg).items():
+        node_config = nt.get("node_config") or {}
+        if provider == "aws" and not node_config.get("SecurityGroupIds"):
+            problems.append(
+                f"[ssh-open] node type {name!r}: no SecurityGroupIds; Ray's own security group opens SSH to "
+                f"{ALL_INTERFACES}/0 (cluster-setup/aws-setup.sh makes one open to OPERATOR_CIDR only)"
+            )
+        if provider == "gcp" and not node_config.get("networkInterfaces"):
+            problems.append(
+                f"[ssh-open] node type {name!r}: no networkInterfaces; the default network's firewall lets SSH in "
+                "from anywhere (cluster-setup/gcp-setup.sh makes mcel-net, SSH from OPERATOR_CIDR only)"
+            )
+
+
+def _check_auth(cfg: Mapping[str, Any], problems: list[str]) -> None:
+    mounts = {_home(str(remote)) for remote in (cfg.get("file_mounts") or {})}
+    if AUTH_TOKEN_PATH not in mounts:
+        problems.append(
+            f"[auth-token] file_mounts lacks {AUTH_TOKEN_PATH}: the nodes would have no Ray token "
+            "(make it with `ray get-auth-token --generate`)"
+        )
+    for node in node_types(cfg):
+        for command in start_commands(cfg, node):
+            if _RAY_START_RE.search(command) and not re.search(r"\bRAY_AUTH_MODE=token\b", command):
+                problems.append(
+                    f"[auth-token] node type {node!r}: `ray start` without RAY_AUTH_MODE=token; anyone who "
+                    "reaches the node's Ray ports could run code on the cluster"
+                )
+
+
+def _check_gpu(cfg: Mapping[str, Any], problems: list[str]) -> None:
+    for name, nt in worker_types(cfg).items():
+        if not (_number((nt.get("resources") or {}).get("GPU")) or 0) > 0:
+            continue
+        setup = setup_commands(cfg, name)
+        if not any(re.search(rf"-m\s+{re.escape(GPU_CHECK)}\b", c) for c in setup):
+            problems.append(
+                f"[gpu-check] worker node type {name!r}: setup never runs `python -m {GPU_CHECK}`; a node whose "
+                "torch cannot use the GPU would train trials on the CPU"
+            )
+        for command in setup:
+            for match in _DRIVER_INSTALL_RE.finditer(command):
+                pin = _DRIVER_PIN_RE.search(match["args"])
+                if pin is None or int(pin["branch"]) < MIN_NVIDIA_DRIVER:
+                    problems.append(
+                        f"[gpu-driver] worker node type {name!r}: `ubuntu-drivers {match[0].split()[1]}` must name "
+                        f"a driver branch >= {MIN_NVIDIA_DRIVER} (e.g. nvidia:{MIN_NVIDIA_DRIVER}-server): torch's "
+                        f"CUDA 13 does not run on older drivers (got {match['args'].strip() or 'no version'!r})"
+                    )
+
+
+def ray_schema_problems(cfg: Mapping[str, Any]) -> list[str]:
+    """``[ray-schema]``: what Ray's own ``validate_config(prepare_config(cfg))`` rejects (one line), offline."""
+    import copy
+
+    try:
+        import jsonschema
+        from ray.autoscaler._private.util import prepare_config, validate_config
+    except ImportError as exc:
+        return [f"[ray-schema] cannot run Ray's validation: {exc} (pip install 'ray[default]')"]
+    quiet = logging.getLogger("ray.autoscaler")  # prepare_config logs an INFO line per node type
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        validate_config(prepare_config(copy.deepcopy(dict(cfg))))
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.absolute_path) or "(top level)"
+        return [f"[ray-schema] {where}: {exc.message}"]
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        return [f"[ray-schema] {type(exc).__name__}: {first}"]
+    finally:
+        quiet.setLevel(level)
+    return []
+
+
 def check_cluster_config(
     cfg: Mapping[str, Any], text: str | None = None, *, ray_version: str | None = None
 ) -> list[str]:
@@ -495,6 +661,10 @@ def check_cluster_config(
     _check_install(cfg, problems)
     _check_mlflow(cfg, problems)
     _check_network(cfg, problems)
+    _check_iam(cfg, provider, problems)
+    _check_ssh(cfg, provider, problems)
+    _check_auth(cfg, problems)
+    _check_gpu(cfg, problems)
     _check_text(text if text is not None else yaml.safe_dump(dict(cfg)), problems)
     if ray_version is not None:
         for command in all_commands(cfg):
@@ -506,10 +676,39 @@ def check_cluster_config(
     return list(dict.fromkeys(problems))  # each problem once, in order
 
 
-def check_cluster_file(path: str | Path, *, ray_version: str | None = None) -> list[str]:
-    """:func:`check_cluster_config` on a file, comments included."""
+def setup_file_problems(cfg: Mapping[str, Any], text: str, base: Path) -> list[str]:
+    """``[iam-files]`` for every ``cluster-setup/...`` file the config names that does not exist under
+    ``base``; on AWS, :func:`passrole_problems` against ``cluster-setup/aws-head-policy.json``."""
+    import json
+
+    problems = []
+    for name in sorted(set(_SETUP_FILE_RE.findall(text))):
+        if not (base / name).is_file():
+            problems.append(f"[iam-files] {name} is named in the config but missing next to it")
+    provider = str((cfg.get("provider") or {}).get("type", ""))
+    policy = base / "cluster-setup" / "aws-head-policy.json"
+    if provider == "aws":
+        if not policy.is_file():
+            problems.append(f"[iam-files] {policy.relative_to(base)} is missing: the head's permissions")
+        else:
+            try:
+                head_policy = json.loads(policy.read_text(encoding="utf-8"))
+            except ValueError as exc:
+                return [*problems, f"[iam-files] {policy.relative_to(base)}: not JSON ({exc})"]
+            problems += passrole_problems(cfg, head_policy)
+    return problems
+
+
+def check_cluster_file(
+    path: str | Path, *, ray_version: str | None = None, ray_schema: bool = True
+) -> list[str]:
+    """Ray's validation (:func:`ray_schema_problems`, unless ``ray_schema=False``), :func:`check_cluster_config`
+    on a file, comments included, and the ``cluster-setup/`` files next to it (:func:`setup_file_problems`)."""
     cfg, text = load_cluster_config(path)
-    return check_cluster_config(cfg, text, ray_version=ray_version)
+    problems = ray_schema_problems(cfg) if ray_schema else []
+    problems += check_cluster_config(cfg, text, ray_version=ray_version)
+    problems += setup_file_problems(cfg, text, Path(path).resolve().parent)
+    return list(dict.fromkeys(problems))
 
 
 # ----------------------------------------------------------------------------------- trial placement

@@ -9,6 +9,11 @@ Exit statuses (the product's exceptions, :mod:`mcel_search.core.errors`):
   allowed, one line per problem (a spec with four bad fields prints four lines);
 * 3, resumable (:class:`~mcel_search.core.errors.ResumableError`: a full disk, a tracking server down too
   long): one line saying what to fix before rerunning with ``--resume``;
+* 4, no result: a search that ended with a study without a completed trial;
+* 5, a cluster-side failure: an error that Ray raised or carried from another process (a worker or a node
+  died, a remote task failed, a runtime environment could not be set up): one line naming the node (its
+  address), the process and the cause, never labelled bad input even when the cause is a missing file
+  *on that node*;
 * 1, a bug: any other exception, reported as one line that says so; ``--debug`` shows the traceback (for
   every status).
 """
@@ -19,6 +24,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import tempfile
 import traceback
@@ -34,6 +40,8 @@ EXIT_BAD_INPUT = 2
 EXIT_RESUMABLE = 3
 #: Exit status of a search that ran but left a study without a completed trial (:class:`NoResultError`).
 EXIT_NO_RESULT = 4
+#: Exit status of a failure on the Ray cluster's side (a ``ray.exceptions.RayError``): see :func:`cluster_failure`.
+EXIT_CLUSTER = 5
 #: Exit status of an exception that is not the product's own: a bug.
 EXIT_BUG = 1
 #: OS errors about a path (a file the user named that is missing, a directory, not permitted): bad input.
@@ -665,14 +673,63 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mcel: interrupted", file=sys.stderr)
         return 130
-    except ResumableError as exc:
-        return _fail(exc, args.debug, EXIT_RESUMABLE)
-    except NoResultError as exc:
-        return _fail(exc, args.debug, EXIT_NO_RESULT)
-    except (BadInputError, *PATH_ERRORS) as exc:
-        return _fail(exc, args.debug, EXIT_BAD_INPUT)
-    except Exception as exc:  # not ours: a bug, said as such
-        return _fail(exc, args.debug, EXIT_BUG)
+    except Exception as exc:
+        failure = cluster_failure(exc)  # before the path errors: Ray re-raises a remote FileNotFoundError
+        if failure is None:
+            return _classified(exc, args.debug)
+        if args.debug:
+            traceback.print_exc()
+        print(f"mcel: error: {redact_credentials(failure)}", file=sys.stderr)
+        return EXIT_CLUSTER
+
+
+def _classified(exc: Exception, debug: bool) -> int:
+    """Print the lines of one of the product's own exceptions (or of a bug) and return its exit status."""
+    if isinstance(exc, ResumableError):
+        return _fail(exc, debug, EXIT_RESUMABLE)
+    if isinstance(exc, NoResultError):
+        return _fail(exc, debug, EXIT_NO_RESULT)
+    if isinstance(exc, (BadInputError, *PATH_ERRORS)):
+        return _fail(exc, debug, EXIT_BAD_INPUT)
+    return _fail(exc, debug, EXIT_BUG)  # not ours: a bug, said as such
+
+
+def _is_ray_error(exc: BaseException) -> bool:
+    """True for a ``ray.exceptions.RayError`` (checked by class, so Ray is never imported for it), including
+    Ray's dual classes such as ``RayTaskError(FileNotFoundError)``."""
+    return any(c.__module__ == "ray.exceptions" and c.__name__ == "RayError" for c in type(exc).__mro__)
+
+
+#: The first line of a ``RayTaskError``: ``ray::<task>() (pid=<pid>, ip=<address>)`` (colour codes removed).
+_RAY_TASK_HEADER = re.compile(r"ray::(?P<task>[^\s(]+)\(\)\s*\(pid=(?P<pid>\d+), ip=(?P<ip>[^)\s]+)\)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def cluster_failure(exc: BaseException) -> str | None:
+    """One line for a failure on the Ray cluster's side, or None when ``exc`` is not one.
+
+    ``RayTaskError`` (a remote task or actor raised): ``cluster-side failure on node <ip> (pid <pid>, <task>):
+    <CauseType>: <first line of the cause>``; the node, process and task come from the error's first line
+    (``ray::<task>() (pid=..., ip=...)``), which Ray's dual classes such as ``RayTaskError(FileNotFoundError)``
+    keep when their attributes are gone. Other Ray errors (a node or worker died, an object was lost, a
+    runtime environment failed): ``cluster-side failure[ on node <id>]: <Type>: <first line>``. A
+    ``BadInputError`` or ``FileNotFoundError`` raised *on a worker* is the node's state, not the user's input,
+    so it is reported here, not as exit 2.
+    """
+    if not _is_ray_error(exc):
+        return None
+    text = _ANSI.sub("", str(exc))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    cause = exc.__dict__.get("cause")  # the dual classes forward unknown attributes to the cause
+    header = _RAY_TASK_HEADER.search(lines[0]) if lines else None
+    if cause is not None and header is not None:
+        first = (str(cause).splitlines() or [""])[0] or type(cause).__name__
+        where = f"node {header['ip']} (pid {header['pid']}, {header['task']})"
+        return f"cluster-side failure on {where}: {type(cause).__name__}: {first}"
+    node = next((exc.__dict__[a] for a in ("node_id", "node_ip_address", "ip") if exc.__dict__.get(a)), None)
+    where = f" on node {node}" if node else ""
+    name = type(exc).__name__
+    return f"cluster-side failure{where}: {name}: {lines[0] if lines else name}"
 
 
 def _error_lines(exc: BaseException) -> list[str]:

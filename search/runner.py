@@ -104,6 +104,7 @@ def _context(spec: SearchSpec, arch: str, bits: int) -> TrialContext:
         sweep=spec.sweep,
         cpus=spec.resources.cpu,
         protocol=spec.protocol,
+        gpus=spec.resources.gpu,
     )
 
 

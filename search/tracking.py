@@ -8,8 +8,9 @@ Layout (documented in README "MLflow layout"; ``analysis/`` reads it):
 * one **child run** per trial (``mlflow.parentRunId`` = the parent), tags ``mcel.role=trial`` (or
   ``baseline`` for the CEL baseline), ``mcel.trial_key`` (study + Optuna number: the trial's identity across
   retries and driver restarts), ``mcel.optuna_number``, ``mcel.tune_trial_id``, ``arch``, ``bits``,
-  ``dataset``, ``loss``, ``mcel.state`` (``running`` / ``completed`` / ``pruned`` / ``errored``) and
-  ``mcel.error`` for errored trials; params: the searched values (``loss``, ``margin``, ``b``, ``mhl_margin``,
+  ``dataset``, ``loss``, ``mcel.state`` (``running`` / ``completed`` / ``pruned`` / ``errored``),
+  ``mcel.node_id`` and ``mcel.device`` (the Ray node and the device it trained on, e.g. ``cuda:0 (NVIDIA
+  A10G)``; updated when a retry lands elsewhere) and ``mcel.error`` for errored trials; params: the searched values (``loss``, ``margin``, ``b``, ``mhl_margin``,
   ``logit_scale``, ``relative_separation`` = m/(2b)) and the fixed settings (``train.*``, ``objective.*``);
   metrics per epoch with ``step=epoch`` (``train_loss``, ``train_acc``, ``mlm``, ``lr``, ``clean_acc``,
   ``ber_acc``, ``ber_acc_std``, ``search_wait_s``, ...); at the end the BER curve as metrics ``ber_acc_at_<ber>``,
@@ -217,6 +218,7 @@ class MlflowTrialLogger(Callback):
         self._checkpoints: dict[str, Any] = {}
         self._closed: set[str] = set()
         self._nodes: dict[str, str] = {}
+        self._devices: dict[str, str] = {}
         self._resumed: dict[str, int] = {}
         self._need_params: dict[str, dict[str, Any]] = {}
         self._uncertain: set[tuple[str, int]] = set()
@@ -364,6 +366,10 @@ class MlflowTrialLogger(Callback):
         if node and self._nodes.get(run_id) != node:
             self.client.set_tag(run_id, "mcel.node_id", str(node))
             self._nodes[run_id] = node
+        device = result.get("device")
+        if device and self._devices.get(run_id) != device:  # a retry on another node may differ
+            self.client.set_tag(run_id, "mcel.device", str(device))
+            self._devices[run_id] = device
         if result.get("start_epoch") and self._resumed.get(run_id) != result["start_epoch"]:
             self.client.set_tag(run_id, "mcel.resumed_from_epoch", str(result["start_epoch"]))
             self._resumed[run_id] = result["start_epoch"]

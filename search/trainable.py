@@ -35,6 +35,7 @@ import torch
 from ray import tune
 
 from ..core.checkpoint import save_checkpoint
+from ..core.devices import cuda_problem, device_label
 from ..core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margin_statistics
 from ..core.experiment import TrialSpec, build, checkpoint_meta
 from ..core.losses import loss_params
@@ -65,6 +66,33 @@ class TrialContext:
     sweep: SweepSpec  # the final BER curve (holds objective.target_ber: the spec validated it)
     cpus: float  # CPUs per trial: torch's thread count
     protocol: Protocol = DEFAULT  # inputs, biases, arithmetic, output scale, decode (core.protocol)
+    gpus: float = 0.0  # GPUs per trial (resources.gpu): > 0 means the trial must get a usable GPU
+
+
+class GpuUnavailableError(RuntimeError):
+    """A trial that asked for a GPU landed where torch cannot use one (no device, or a driver too old
+    for torch's CUDA). Not bad input: the node is wrong, so Tune's retry may place it on a good one."""
+
+
+#: ``MCEL_FAKE_GPUS=1``: the cluster's GPUs are Ray resource labels without devices (Ray's fake multi-node
+#: provider, ``ray.cluster_utils`` test clusters); a trial that asks for a GPU then trains on the CPU instead
+#: of failing. Set it in the environment the nodes start from (cluster-fake.yaml, the tests); never on a
+#: real cluster.
+FAKE_GPUS_ENV = "MCEL_FAKE_GPUS"
+
+
+def _require_gpu(gpus: float, requested: str) -> None:
+    """Raise :class:`GpuUnavailableError` (one line: what was asked, why CUDA is unusable, which node)
+    when ``gpus > 0`` and the trial would not compute on a GPU; ``device: cpu`` is the user's explicit
+    choice and is left alone, and so are fake GPUs (:data:`FAKE_GPUS_ENV`)."""
+    if gpus <= 0 or requested == "cpu" or os.environ.get(FAKE_GPUS_ENV) == "1":
+        return
+    problem = cuda_problem()
+    if problem is not None:
+        raise GpuUnavailableError(
+            f"trial asked for {gpus:g} GPU (resources.gpu) but on node {_node_id()} {problem}; "
+            "it would train on the CPU: fix the node's NVIDIA driver (python -m mcel_search.core.devices)"
+        )
 
 
 def _device(requested: str) -> str:
@@ -109,10 +137,12 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable; ``context`` is bound with ``tune.with_parameters``."""
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "Checkpoint successfully created" per epoch
     torch.set_num_threads(max(1, int(context.cpus)))
+    _require_gpu(context.gpus, context.train.device)
     spec = trial_spec(config, context)
     objective, sweep = context.objective, context.sweep
     model, loss_fn, data = build(spec)
     trainer = Trainer(model, data.train, loss_fn, spec.train)
+    device = device_label(trainer.device)  # reported with every result: MLflow tag mcel.device
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -156,6 +186,7 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
         final = trainer.epoch >= epochs
         metrics: dict[str, Any] = {
             "node_id": _node_id(),
+            "device": device,
             "start_epoch": start_epoch,
             "epoch": trainer.epoch,
             "train_loss": stats.train_loss,

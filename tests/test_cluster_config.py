@@ -216,7 +216,13 @@ AWS_MUTATIONS: dict[str, tuple[Callable[[dict], Any], str]] = {
         "storage-access",
     ),
     "no-image": (_node("head", lambda n: n["node_config"].pop("ImageId")), "image"),
-    "no-project-install": (_drop("setup_commands", "pip install -q -e ~/mcel-search"), "setup-install"),
+    "no-project-install": (_drop("setup_commands", "-e ~/mcel-search"), "setup-install"),
+    "no-lock": (_replace("setup_commands", "-c ~/mcel-search/requirements.lock ", ""), "setup-lock"),
+    "head-default-profile": (_node("head", lambda n: n["node_config"].pop("IamInstanceProfile")), "iam-head"),
+    "ray-security-group": (_node("gpu-1x", lambda n: n["node_config"].pop("SecurityGroupIds")), "ssh-open"),
+    "no-token-mount": (lambda c: c["file_mounts"].pop("~/.ray/auth_token"), "auth-token"),
+    "worker-without-token": (_replace("worker_start_ray_commands", " RAY_AUTH_MODE=token", ""), "auth-token"),
+    "no-gpu-check": (_drop("worker_setup_commands", "mcel_search.core.devices"), "gpu-check"),
     "install-from-pypi": (
         _replace("setup_commands", "-e ~/mcel-search", "mcel-search"),
         "setup-install",
@@ -330,6 +336,11 @@ GCP_MUTATIONS: dict[str, tuple[Callable[[dict], Any], str]] = {
         "dashboard-bind",
     ),
     "real-bucket": (_replace(HEAD_START, "gs://YOUR-BUCKET/", "gs://my-lab-results/"), "bucket-placeholder"),
+    "default-network": (_node("gpu-l4", lambda n: n["node_config"].pop("networkInterfaces")), "ssh-open"),
+    "unpinned-driver": (_replace("worker_setup_commands", " nvidia:580-server", ""), "gpu-driver"),
+    "old-driver": (_replace("worker_setup_commands", "nvidia:580-server", "nvidia:535-server"), "gpu-driver"),
+    "no-gpu-check": (_drop("worker_setup_commands", "mcel_search.core.devices"), "gpu-check"),
+    "head-without-token": (_replace(HEAD_START, " RAY_AUTH_MODE=token", ""), "auth-token"),
 }
 
 
@@ -490,3 +501,195 @@ def test_docs_spec_overlay_is_a_valid_cluster_spec(tmp_path: Path) -> None:
     assert loaded.tracking.uri.startswith("http://10.")
     cfg, _ = load("aws")
     assert check_trial_fit(cfg, loaded.resources.cpu, loaded.resources.gpu) == []
+
+
+# ------------------------------------------------------ Ray's validation in the CLI, permissions, workers
+
+
+def _copy_cluster(tmp_path: Path, which: str = "aws") -> Path:
+    """``cluster.yaml`` (or the GCP file) and ``cluster-setup/`` copied into ``tmp_path``."""
+    import shutil
+
+    shutil.copytree(ROOT / "cluster-setup", tmp_path / "cluster-setup")
+    target = tmp_path / FILES[which].name
+    target.write_text(FILES[which].read_text())
+    return target
+
+
+def _run_check(path: Path) -> subprocess.CompletedProcess:
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "mcel_search.cluster", str(path)], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cluster_check_runs_rays_validation_and_fails_a_mutated_file(tmp_path: Path) -> None:
+    path = _copy_cluster(tmp_path)
+    ok = _run_check(path)
+    assert ok.returncode == 0 and ok.stdout.strip() == "no problems", ok.stdout + ok.stderr
+    # a value only Ray's schema knows is wrong (our rules do not look at it)
+    path.write_text(path.read_text().replace("upscaling_speed: 1.0 ", 'upscaling_speed: "fast" ', 1))
+    bad = _run_check(path)
+    assert bad.returncode == 1, bad.stdout
+    lines = bad.stdout.splitlines()
+    assert any("[ray-schema] upscaling_speed:" in ln and "'fast'" in ln for ln in lines), lines
+    assert "INFO" not in bad.stderr  # Ray's prepare_config chatter is silenced
+
+
+def test_ray_schema_problems_name_the_field() -> None:
+    from mcel_search.cluster import ray_schema_problems
+
+    cfg, _ = load("gcp")
+    assert ray_schema_problems(cfg) == []
+    cfg["available_node_types"]["gpu-t4"]["resources"]["GPU"] = 0.5  # Ray wants integers
+    (problem,) = ray_schema_problems(cfg)
+    assert problem.startswith("[ray-schema] available_node_types.gpu-t4.resources.GPU:"), problem
+
+
+def test_the_head_policy_lets_the_head_pass_exactly_the_workers_role() -> None:
+    import json
+
+    from mcel_search.cluster import passrole_problems, worker_profile_roles
+
+    cfg, _ = load("aws")
+    assert set(worker_profile_roles(cfg).values()) == {"mcel-worker"}
+    policy = json.loads((ROOT / "cluster-setup" / "aws-head-policy.json").read_text())
+    assert passrole_problems(cfg, policy) == []
+    # without the PassRole statement, both worker types are reported
+    no_pass = {"Statement": [s for s in policy["Statement"] if s.get("Action") != "iam:PassRole"]}
+    assert codes(passrole_problems(cfg, no_pass)) == {"iam-passrole"}
+    assert len(passrole_problems(cfg, no_pass)) == 2
+    # PassRole on another role does not count; a wildcard that covers the role does
+    other = {
+        "Statement": [{"Effect": "Allow", "Action": "iam:PassRole", "Resource": "arn:aws:iam::1:role/x"}]
+    }
+    assert len(passrole_problems(cfg, other)) == 2
+    wild = {
+        "Statement": [
+            {"Effect": "Allow", "Action": ["iam:PassRole"], "Resource": "arn:aws:iam::*:role/mcel-*"}
+        ]
+    }
+    assert passrole_problems(cfg, wild) == []
+    deny = {"Statement": [dict(wild["Statement"][0], Effect="Deny")]}
+    assert len(passrole_problems(cfg, deny)) == 2
+
+
+def test_setup_files_named_by_the_config_must_exist(tmp_path: Path) -> None:
+    path = _copy_cluster(tmp_path)
+    (tmp_path / "cluster-setup" / "aws-head-policy.json").unlink()
+    problems = check_cluster_file(path, ray_schema=False)
+    assert codes(problems) == {"iam-files"}, problems
+    assert any("aws-head-policy.json" in p for p in problems)
+
+
+def test_shipped_policies_and_scripts() -> None:
+    import json
+
+    setup = ROOT / "cluster-setup"
+    for name in (
+        "aws-head-policy.json",
+        "aws-worker-policy.json",
+        "aws-ec2-trust.json",
+        "aws-operator-policy.json",
+    ):
+        doc = json.loads((setup / name).read_text())
+        assert doc["Version"] == "2012-10-17" and doc["Statement"], name
+        assert placeholders((setup / name).read_text()) <= {"YOUR-ACCOUNT-ID", "YOUR-BUCKET"}, name
+    worker = json.loads((setup / "aws-worker-policy.json").read_text())
+    actions = {
+        a
+        for s in worker["Statement"]
+        for a in ([s["Action"]] if isinstance(s["Action"], str) else s["Action"])
+    }
+    assert all(a.startswith("s3:") for a in actions), actions  # the workers touch the bucket, nothing else
+    resources = {s["Resource"] for s in worker["Statement"]}
+    assert resources == {"arn:aws:s3:::YOUR-BUCKET", "arn:aws:s3:::YOUR-BUCKET/mcel/*"}
+    for script in ("aws-setup.sh", "gcp-setup.sh"):
+        assert subprocess.run(["bash", "-n", str(setup / script)], timeout=10).returncode == 0, script
+
+
+@pytest.mark.parametrize(
+    "script,env",
+    [
+        ("aws-setup.sh", {"BUCKET": "b", "REGION": "us-west-2"}),
+        ("gcp-setup.sh", {"PROJECT": "p", "BUCKET": "b", "REGION": "us-central1"}),
+    ],
+)
+@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "203.0.113.7"])
+def test_setup_scripts_refuse_ssh_from_anywhere(script: str, env: dict, cidr: str, tmp_path: Path) -> None:
+    """The check runs before any cloud call: PATH holds no aws/gcloud here, so reaching one would fail
+    differently (127, command not found)."""
+    import os
+
+    result = subprocess.run(
+        ["bash", str(ROOT / "cluster-setup" / script)],
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env, "OPERATOR_CIDR": cidr},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert cidr in result.stderr and "OPERATOR_CIDR" in result.stderr
+    assert os.listdir(tmp_path) == []  # nothing written
+
+
+def test_docker_variant_is_valid_when_uncommented() -> None:
+    """The commented ``docker:`` block of cluster.yaml passes Ray's validation and our rules once
+    uncommented, and its image is built from cluster-setup/Dockerfile at the project's Ray version."""
+    from mcel_search.cluster import ray_schema_problems
+
+    text = FILES["aws"].read_text()
+    block = re.search(r"^# docker:\n((?:#   .*\n)+)", text, flags=re.M)
+    assert block, "no commented docker: block in cluster.yaml"
+    uncommented = text.replace(
+        block[0], "docker:\n" + "".join(line[2:] + "\n" for line in block[1].splitlines())
+    )
+    cfg = yaml.safe_load(uncommented)
+    assert cfg["docker"]["worker_run_options"] == ["--gpus all"]
+    assert ray_schema_problems(cfg) == []
+    assert check_cluster_config(cfg, uncommented, ray_version=project_ray_version()) == []
+    dockerfile = (ROOT / "cluster-setup" / "Dockerfile").read_text()
+    (base,) = re.findall(r"^FROM\s+(\S+)", dockerfile, flags=re.M)
+    assert base.startswith(f"rayproject/ray:{project_ray_version()}-py311-gpu"), base
+    assert "-c /home/ray/mcel-search/requirements.lock" in dockerfile
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", ".git", "mlflow.db", "ray_results"} <= set(ignored)
+
+
+def test_lock_pins_the_projects_dependencies() -> None:
+    lock = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            lock[name] = version
+    assert "mcel-search" not in lock
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    for dep in deps:
+        name = re.split(r"[\[<>=~! ]", dep, maxsplit=1)[0].lower()
+        assert name in lock, f"{name} (pyproject) is not in requirements.lock: run make lock"
+        if "==" in dep:
+            assert lock[name] == dep.split("==")[1].split(";")[0].strip(), dep
+    # ray[default] for the dashboard, jobs and the autoscaler on the nodes
+    assert {"aiohttp-cors", "opencensus", "py-spy"} <= lock.keys()
+
+
+def test_storage_paths_agree_between_spec_docs_and_files() -> None:
+    spec = yaml.safe_load(PAPER_SPEC.read_text())
+    path = spec["storage"]["path"]
+    assert path == "s3://YOUR-BUCKET/mcel/ray"
+    for doc in (DOCS, ROOT / "README.md", FILES["aws"]):
+        found = set(re.findall(r"s3://YOUR-BUCKET/mcel(?:/[\w-]+)?", doc.read_text()))
+        assert found <= {path, "s3://YOUR-BUCKET/mcel/mlflow-artifacts", "s3://YOUR-BUCKET/mcel/data"}, (
+            doc,
+            found,
+        )
+    assert path in DOCS.read_text()
+
+
+def test_docs_name_the_right_paper_spec() -> None:
+    text = DOCS.read_text()
+    assert "configs/vgg3-fashionmnist.yaml" not in text
+    for name in re.findall(r"configs/[\w/-]+\.yaml", text):
+        if "cluster" not in name:  # the user's own copy
+            assert (ROOT / name).is_file(), name

@@ -62,12 +62,15 @@ def test_nan_trial_ends_errored_with_reason_and_search_goes_on(
         assert states[int(r.data.tags["mcel.optuna_number"])] == expected
 
 
-def test_worker_node_lost_mid_search_trials_resume_on_the_other(tmp_path, mlflow_server, small_spec) -> None:
+def test_worker_node_lost_mid_search_trials_resume_on_the_other(
+    tmp_path, mlflow_server, small_spec, monkeypatch
+) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
+    monkeypatch.setenv("MCEL_FAKE_GPUS", "1")  # the nodes' GPUs are labels (inherited by their raylets)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     doomed = cluster.add_node(num_cpus=2, num_gpus=1)
     survivor = cluster.add_node(num_cpus=2, num_gpus=1)

@@ -240,12 +240,15 @@ def test_driver_killed_then_resumed_counts_every_trial_once(tmp_path, mlflow_ser
     assert "resume-small_cnn-4b" in resumed.stdout and "6 completed" in resumed.stdout
 
 
-def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server, small_spec) -> None:
+def test_trials_run_on_both_worker_nodes_with_half_gpus(
+    tmp_path, mlflow_server, small_spec, monkeypatch
+) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
+    monkeypatch.setenv("MCEL_FAKE_GPUS", "1")  # the nodes' GPUs are labels (inherited by their raylets)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
     nodes = [cluster.add_node(num_cpus=2, num_gpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
@@ -267,6 +270,8 @@ def test_trials_run_on_both_worker_nodes_with_half_gpus(tmp_path, mlflow_server,
         runs = child_runs(client, "multinode")
         assert len(runs) == 4 and all(r.data.tags["mcel.state"] == "completed" for r in runs)
         used = {r.data.tags["mcel.node_id"] for r in runs}
+        # what each trial trained on is recorded: the fake GPUs have no device, so the CPU
+        assert {r.data.tags.get("mcel.device") for r in runs} == {"cpu"}
         worker_ids = {n.node_id for n in nodes}
         assert used == worker_ids, (used, worker_ids)  # both workers, never the head (0 CPUs)
         # ... and at once: some two trials on different workers overlapped in time.
