@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
 CURVE_ARTIFACT = "ber_curve.csv"
 NUMERIC_PARAMS = ("margin", "b", "mhl_margin", "logit_scale", "relative_separation")
-KEY_METRICS = ("clean_acc", "ber_acc", "ber_acc_std", "ber_acc_min", "mlm", "train_loss")
+KEY_METRICS = ("clean_acc", "ber_acc", "ber_acc_std", "ber_acc_min", "mlm", "train_loss", "tolerable_ber")
 
 
 class ExperimentNotFoundError(BadInputError):

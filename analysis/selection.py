@@ -16,6 +16,11 @@ Rules (:data:`RULES`), all over the *completed* rows with ``role == "trial"`` an
   part of the front) has a negative distance, so it is never preferred over an extreme. With 1 or 2 front
   points, the one with the higher ``ber_acc``.
 - ``weighted``: maximize ``w_clean * clean_acc + w_ber * ber_acc``.
+- ``tolerable``: the clean-accuracy floor of ``constraint`` (``max_clean_drop`` points below the best clean
+  accuracy, CEL baseline included), then the highest ``tolerable_ber`` (core.tolerance: the highest BER
+  within the search's tolerance of the trial's own clean accuracy). For a designer who picks the memory's
+  voltage from the error rate the model tolerates. Trials without a ``tolerable_ber`` (searches written
+  before it existed) are not candidates.
 
 Ties in every rule: higher ``ber_acc``, then higher ``clean_acc``, then lower ``margin`` (NaN last), then
 the earlier row. With these tie-breaks the selected row is always on the Pareto front.
@@ -40,7 +45,7 @@ from ..core.losses import relative_separation
 from .pareto import OBJECTIVES, pareto_front
 from .stats import PairedGain, paired_gain
 
-RULES = ("constraint", "knee", "weighted")
+RULES = ("constraint", "knee", "weighted", "tolerable")
 #: A Pareto front never mixes error models: ``protocol`` (core.protocol's label) is part of the group.
 GROUP_COLS = ("dataset", "arch", "bits", "protocol")
 DEFAULT_WEIGHTS = {"clean_acc": 0.5, "ber_acc": 0.5}
@@ -168,11 +173,13 @@ class Selection:
             "clean_acc_std": 0.0 if row is not None else math.nan,
             "ber_acc": _num(row, "ber_acc"),
             "ber_acc_std": _num(row, "ber_acc_std"),
+            "tolerable_ber": _num(row, "tolerable_ber"),
             "baseline_run_id": _value(base, "run_id"),
             "baseline_clean_acc": _num(base, "clean_acc"),
             "baseline_clean_acc_std": 0.0 if base is not None else math.nan,
             "baseline_ber_acc": _num(base, "ber_acc"),
             "baseline_ber_acc_std": _num(base, "ber_acc_std"),
+            "baseline_tolerable_ber": _num(base, "tolerable_ber"),
             "target_ber": self.target_ber,
             "gain_mean": g.mean * 100.0 if g else math.nan,
             "gain_low": g.low * 100.0 if g else math.nan,
@@ -306,7 +313,7 @@ def select(
     if cands.empty:
         return done(None, f"no completed trial with clean and BER accuracy in this group ({len(df)} rows)")
 
-    if rule == "constraint":
+    if rule in ("constraint", "tolerable"):
         ref_rows = pd.concat([cands["clean_acc"], base_rows["clean_acc"].dropna()])
         best = float(ref_rows.max())
         threshold = best - max_clean_drop / 100.0 - _THRESHOLD_TOL
@@ -319,6 +326,20 @@ def select(
                 None,
                 f"no completed trial within {max_clean_drop:g} points of the best clean accuracy "
                 f"{best * 100:.2f}% ({ref})",
+            )
+        if rule == "tolerable":
+            tol = ok[ok["tolerable_ber"].notna()] if "tolerable_ber" in ok.columns else ok.iloc[:0]
+            if tol.empty:
+                return done(
+                    None,
+                    f"none of the {len(ok)} trials within {max_clean_drop:g} points of the best clean accuracy "
+                    "has a tolerable_ber (recorded by searches since it exists)",
+                )
+            row = _argbest(tol, _col(tol, "tolerable_ber"))
+            return done(
+                row,
+                f"highest tolerable BER among {len(tol)} of {len(cands)} trials within {max_clean_drop:g} "
+                f"points of the best clean accuracy {best * 100:.2f}% ({ref})",
             )
         row = _argbest(ok, _col(ok, "ber_acc"))
         return done(
@@ -385,23 +406,28 @@ def format_selection(sel: Selection) -> str:
     if sel.baseline is not None:
         rows.append(("CEL", sel.baseline))
 
-    header = ("", "margin", "b", "s", "m/(2b)", "clean %", "ber %")
+    header: tuple[str, ...] = ("", "margin", "b", "s", "m/(2b)", "clean %", "ber %")
+    tolerable = any(not math.isnan(_num(r, "tolerable_ber")) for _, r in rows)
+    if tolerable:
+        header = (*header, "tolerable BER %")
     table = [header]
     for mark, r in rows:
         m, b = _num(r, "margin"), _num(r, "b")
         std = _num(r, "ber_acc_std")
         ber = _pct(_num(r, "ber_acc")) + ("" if math.isnan(std) else f" ± {std * 100:.2f}")
-        table.append(
-            (
-                mark,
-                _g(m),
-                _g(b),
-                _g(_num(r, "logit_scale")),
-                _g(_separation(m, b)),
-                _pct(_num(r, "clean_acc")),
-                ber,
-            )
+        line = (
+            mark,
+            _g(m),
+            _g(b),
+            _g(_num(r, "logit_scale")),
+            _g(_separation(m, b)),
+            _pct(_num(r, "clean_acc")),
+            ber,
         )
+        if tolerable:
+            tol = _num(r, "tolerable_ber")
+            line = (*line, "-" if math.isnan(tol) else f"{tol * 100:.3g}")
+        table.append(line)
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     lines = []
     title = " ".join(f"{k}={v}" for k, v in sel.group.items())

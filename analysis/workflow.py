@@ -168,8 +168,9 @@ def report_command(
                 "clean_acc",
                 "ber_acc",
                 "ber_acc_std",
+                "tolerable_ber",
             )
-            if c in sel.front
+            if c in sel.front and not (c == "tolerable_ber" and sel.front[c].isna().all())
         ]
         sections.append(
             ReportSection(

@@ -29,7 +29,7 @@ and calls no cloud API), reported as ``[ray-schema]``. Then these rules check wh
   that carry a profile) and the head policy shipped in ``cluster-setup/`` allows ``iam:PassRole`` on every
   worker profile's role; the ``cluster-setup/`` files the config names exist;
 * SSH only from the operator (``[ssh-open]``): AWS nodes name ``SecurityGroupIds`` (Ray's own group opens
-  port 22 to ``0.0.0.0/0``), GCP nodes a ``networkInterfaces`` network (the default network's firewall lets
+  port 22 to every address), GCP nodes a ``networkInterfaces`` network (the default network's firewall lets
   SSH in from anywhere);
 * Ray token authentication (``[auth-token]``): ``~/.ray/auth_token`` is in ``file_mounts`` and every
   ``ray start`` runs with ``RAY_AUTH_MODE=token``;

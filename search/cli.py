@@ -178,6 +178,16 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--data-root", default=None, help="override the data root stored in the checkpoint")
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument(
+        "--tolerable",
+        action="store_true",
+        help="also the tolerable BER: the highest BER within --tolerance points of clean, bisected on a log "
+        "scale between the --bers grid points with the same realization seeds",
+    )
+    p.add_argument("--tolerance", type=float, default=1.0, help="tolerable BER: points below clean, (0, 100]")
+    p.add_argument(
+        "--tolerable-iters", type=int, default=6, help="tolerable BER: bisection steps (each --reps passes)"
+    )
     _add_protocol_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -201,6 +211,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..core.evaluation import ber_sweep, format_sweep_table
     from ..core.training import resolve_device
 
+    if args.tolerable:
+        from ..core.tolerance import check_tolerance
+
+        check_tolerance(args.tolerance, args.tolerable_iters)  # before the checkpoint is loaded
+        if not any(b > 0 for b in args.bers):
+            raise UsageError(f"--tolerable needs a BER > 0 in --bers (got {args.bers})")
     device = resolve_device(args.device)
     model, payload = _load_checkpoint_arg(args, device)
     protocol, name, data = _checkpoint_data(args, payload)
@@ -218,6 +234,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"{m['name']} {m['bits']}-bit on {name} ({len(data.test)} test samples), seed {args.seed}")
     print(f"protocol {protocol.label}: {_protocol_line(protocol)}")
     print(format_sweep_table(result))
+    if args.tolerable:
+        from ..core.evaluation import cache_batches
+        from ..core.tolerance import format_tolerable, model_tolerable_ber
+
+        tolerable = model_tolerable_ber(
+            model,
+            cache_batches(data.test, device),
+            args.bers,
+            args.reps,
+            args.seed,
+            args.tolerance,
+            args.tolerable_iters,
+            p10=args.p10,
+            decode=protocol.decode,
+            curve=result,
+        )
+        print(format_tolerable(tolerable))
     if args.csv:
         path = Path(args.csv)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -481,12 +514,16 @@ def _tracking_arg(p: argparse.ArgumentParser) -> None:
 def _selection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", default=None, help="only this architecture")
     p.add_argument("--bits", type=int, default=None, help="only this bit width")
-    p.add_argument("--rule", default="constraint", help="constraint (default), knee or weighted")
+    p.add_argument(
+        "--rule",
+        default="constraint",
+        help="constraint (default), knee, weighted or tolerable (highest tolerable BER above the clean floor)",
+    )
     p.add_argument(
         "--max-clean-drop",
         type=float,
         default=1.0,
-        help="constraint rule: clean accuracy drop allowed, points",
+        help="constraint and tolerable rules: clean accuracy drop allowed, points",
     )
     p.add_argument("--weights", default=None, help="weighted rule: clean_acc=W1,ber_acc=W2")
     p.add_argument(

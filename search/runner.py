@@ -120,6 +120,9 @@ def plan(spec: SearchSpec, tracking_uri: str, storage_path: str) -> str:
         + ", ".join(f"{k} {v}" for k, v in spec.protocol.to_dict().items() if k != "preset"),
         f"  per trial: {spec.train.epochs} epochs, {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU; "
         f"at most {spec.concurrency} at once; {spec.failure.max_retries} retries",
+        f"  final curve: BERs {', '.join(f'{b:g}' for b in spec.sweep.bers)} x {spec.sweep.reps} realizations; "
+        f"tolerable BER within {spec.sweep.tolerance:g} points of clean "
+        f"({spec.sweep.tolerable_iters} bisection steps, each {spec.sweep.reps} passes)",
         "  space: "
         + ", ".join(
             f"{k}={v.kind}{list(v.values) if v.values else [v.low, v.high]}" for k, v in spec.space.items()

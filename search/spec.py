@@ -57,6 +57,8 @@ A complete spec, every key shown (only ``name``, ``dataset``, ``architectures``,
     sweep:                         # BER curve of every completed trial (seed = objective.seed)
       bers: [0.0, 0.001, 0.005, 0.01, 0.02, 0.05]   # target_ber is added if absent; sorted ascending
       reps: 10
+      tolerance: 1.0               # tolerable BER: highest BER within this many points of clean (metric tolerable_ber)
+      tolerable_iters: 4           # bisection steps between grid BERs, each `reps` passes; 0: grid only
     trials_per_arch: 12            # trials of each study, i.e. of each (architecture, bits) pair; >= 1
     concurrency: 1                 # trials running at once; >= 1
     resources: {cpu: 1.0, gpu: 0.0}    # per trial; fractional GPUs (<= 1) allowed
@@ -219,6 +221,8 @@ class SweepSpec:
 
     bers: tuple[float, ...] = DEFAULT_BERS  # ascending, each in [0, 1]; contains objective.target_ber
     reps: int = 10  # realizations per BER, >= 1
+    tolerance: float = 1.0  # tolerable BER: accuracy points below clean allowed, in (0, 100] (core.tolerance)
+    tolerable_iters: int = 4  # bisection steps between grid BERs (each: reps evaluation passes); 0..30
 
 
 @dataclass(frozen=True)
@@ -571,7 +575,10 @@ def _sweep(errs: Errors, value: Any, target_ber: float | None) -> SweepSpec:
     if target_ber is not None and target_ber not in bers:
         bers.append(target_ber)
     return SweepSpec(
-        bers=tuple(sorted(bers)), reps=check_int(errs, "sweep.reps", raw["reps"], ge=1, le=MAX_REPS)
+        bers=tuple(sorted(bers)),
+        reps=check_int(errs, "sweep.reps", raw["reps"], ge=1, le=MAX_REPS),
+        tolerance=check_float(errs, "sweep.tolerance", raw["tolerance"], gt=0, le=100),
+        tolerable_iters=check_int(errs, "sweep.tolerable_iters", raw["tolerable_iters"], ge=0, le=30),
     )
 
 

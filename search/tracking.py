@@ -388,7 +388,7 @@ class MlflowTrialLogger(Callback):
             and math.isfinite(float(v))
             and (
                 k in ("train_loss", "train_acc", "mlm", "lr", "clean_acc", "search_wait_s")
-                or k.startswith(("ber_acc", "test_margin"))
+                or k.startswith(("ber_acc", "test_margin", "tolerable_ber"))
             )
         ]
         if step > self._last_step.get(run_id, 0):

@@ -40,6 +40,7 @@ from ..core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margi
 from ..core.experiment import TrialSpec, build, checkpoint_meta
 from ..core.losses import loss_params
 from ..core.protocol import DEFAULT, Protocol
+from ..core.tolerance import model_tolerable_ber
 from ..core.training import TrainConfig, Trainer, TrainingDivergedError
 from . import faults
 from .searcher import NUMBER_KEY
@@ -229,6 +230,9 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
             if final:
                 margins = margin_statistics(trainer.model, test)
                 _write_curve(tmpdir / CURVE_FILE, curve.records)
+                tolerable = _tolerable(trainer.model, test, curve, context)
+                if tolerable is not None:
+                    metrics.update(tolerable.as_metrics())
                 margin_summary = {k: v for k, v in margins.items() if k != "margins"}
                 metrics.update(
                     {f"test_margin_{k}": v for k, v in margin_summary.items() if isinstance(v, float)}
@@ -242,6 +246,13 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
                         if r["ber"] == target
                     ],
                     "test_margins": margin_summary,
+                    "tolerable": None
+                    if tolerable is None
+                    else {
+                        **tolerable.as_metrics(),
+                        "tolerance": tolerable.tolerance,
+                        "measured": {str(b): a for b, a in tolerable.measured.items()},
+                    },
                     "margins": margins["margins"],
                     "history": [h.to_dict() for h in trainer.history],
                 }
@@ -257,6 +268,26 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
             save_checkpoint(tmpdir / MODEL_FILE, trainer.model, meta, durable=False)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             wait_s += time.perf_counter() - start
+
+
+def _tolerable(model, test: list, curve, context: TrialContext):
+    """The trial's tolerable BER (core.tolerance) from its final curve plus ``sweep.tolerable_iters``
+    bisection steps with the same realization seeds; None when the grid has no BER > 0."""
+    sweep, objective = context.sweep, context.objective
+    if not any(b > 0 for b in sweep.bers):
+        return None
+    return model_tolerable_ber(
+        model,
+        test,
+        sweep.bers,
+        sweep.reps,
+        objective.seed,
+        sweep.tolerance,
+        sweep.tolerable_iters,
+        p10=objective.p10,
+        decode=context.protocol.decode,
+        curve=curve,
+    )
 
 
 def _trial_dir() -> str | None:

@@ -386,3 +386,44 @@ def test_format_selection_empty():
     sel = Selection("knee", None, frame().iloc[0:0], None, None, "no completed trial", None)
     text = format_selection(sel)
     assert "(no completed trials)" in text and text.splitlines()[-1].startswith("no setting selected")
+
+
+# ---------------------------------------------------------------------------------------- tolerable
+
+
+def tolerable_table():
+    # best clean = baseline .925; floor 1 point below = .915
+    return frame(
+        baseline("cel", 0.925, 0.50, tolerable_ber=0.002),
+        trial("t1", 0.920, 0.60, 2.0, tolerable_ber=0.004),
+        trial("t2", 0.916, 0.55, 4.0, tolerable_ber=0.009),  # the most tolerant above the floor
+        trial("t3", 0.900, 0.70, 8.0, tolerable_ber=0.050),  # more tolerant, but 2.5 points below: out
+        trial("t4", 0.924, 0.80, 16.0, tolerable_ber=NAN),  # best ber_acc, no tolerable BER recorded
+    ).assign(tolerable_ber=[0.002, 0.004, 0.009, 0.050, NAN])
+
+
+def test_tolerable_rule_takes_the_highest_tolerable_ber_above_the_clean_floor():
+    sel = select(tolerable_table(), "tolerable")
+    assert sel.row["run_id"] == "t2"
+    assert "highest tolerable BER among 2 of 4 trials within 1 points" in sel.message
+    assert sel.summary()["tolerable_ber"] == 0.009 and sel.summary()["baseline_tolerable_ber"] == 0.002
+    # the constraint rule on the same table picks by ber_acc instead
+    assert select(tolerable_table(), "constraint").row["run_id"] == "t4"
+    # a looser floor admits t3
+    assert select(tolerable_table(), "tolerable", max_clean_drop=3.0).row["run_id"] == "t3"
+
+
+def test_tolerable_rule_without_the_column_selects_nothing_and_says_why():
+    df = tolerable_table().drop(columns=["tolerable_ber"])
+    sel = select(df, "tolerable")
+    assert sel.row is None and "has a tolerable_ber" in sel.message
+    assert "tolerable" in RULES
+
+
+def test_format_selection_shows_the_tolerable_ber_column_when_recorded():
+    text = format_selection(select(tolerable_table(), "tolerable"))
+    header = text.splitlines()[1]
+    assert header.split()[-3:] == ["tolerable", "BER", "%"]
+    row = next(line for line in text.splitlines() if line.lstrip().startswith("*"))
+    assert row.split()[-1] == "0.9"  # 0.009 in percent
+    assert "tolerable" not in format_selection(select(constraint_table()))

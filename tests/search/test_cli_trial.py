@@ -76,9 +76,31 @@ def test_evaluate_prints_table_and_csv_is_reproducible(checkpoint: Path, tmp_pat
     assert float(at_zero.pop()) == pytest.approx(metrics["clean_acc"])
 
 
+def test_evaluate_tolerable_agrees_with_the_library(checkpoint: Path) -> None:
+    import re
+
+    from mcel_search.core.checkpoint import load_checkpoint
+    from mcel_search.core.data import load_dataset
+    from mcel_search.core.evaluation import cache_batches
+    from mcel_search.core.tolerance import format_tolerable, model_tolerable_ber
+
+    args = ["evaluate", str(checkpoint), "--bers", "0,0.001,0.01,0.1", "--reps", "4", "--seed", "2"]
+    proc = run(*args, "--tolerable", "--tolerance", "2", "--tolerable-iters", "5")
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("tolerable BER")]
+    assert re.match(r"tolerable BER (>= )?[0-9.]+% \(within 2 points of clean [0-9.]+%; its CI crosses", line)
+    model, _ = load_checkpoint(checkpoint)
+    batches = cache_batches(load_dataset("digits").test, "cpu")
+    expected = model_tolerable_ber(model, batches, [0.001, 0.01, 0.1], 4, 2, tolerance=2.0, iters=5)
+    assert line == format_tolerable(expected)  # same seeds, same model: the same answer
+
+
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
+        (["evaluate", "CKPT", "--tolerable", "--tolerance", "0"], "tolerance=0.0"),
+        (["evaluate", "CKPT", "--tolerable", "--tolerable-iters", "99"], "iters=99"),
+        (["evaluate", "CKPT", "--tolerable", "--bers", "0"], "needs a BER > 0"),
         (["train", "--margin", "-1", "--b", "4", "--out", "OUT"], "margin=-1.0"),
         (["train", "--loss", "mcel", "--margin", "1", "--b", "0", "--out", "OUT"], "b=0.0"),
         (["train", "--bits", "3", "--loss", "cel", "--out", "OUT"], "bits"),

@@ -100,6 +100,19 @@ def test_search_tracks_every_trial_in_mlflow_and_optuna(
             assert f"ber_acc_at_{ber}" in run.data.metrics
         # the BER curve at 0 equals clean accuracy: same model, no flips.
         assert run.data.metrics["ber_acc_at_0"] == pytest.approx(run.data.metrics["clean_acc"])
+        # the tolerable BER of every finished run (core.tolerance), consistent with its own curve: every grid
+        # BER at or below it is within the tolerance (1 point) of clean, the first grid BER above it is not
+        m = run.data.metrics
+        tol, clean = m["tolerable_ber"], m["clean_acc"]
+        assert m["tolerable_ber_ci_low"] <= tol <= m["tolerable_ber_ci_high"]
+        grid = sorted(float(k.removeprefix("ber_acc_at_")) for k in m if k.startswith("ber_acc_at_"))
+        within = [b for b in grid if 0 < b <= tol]
+        assert all(m[f"ber_acc_at_{b:g}"] >= clean - 0.01 - 1e-12 for b in within), (tol, m)
+        above = [b for b in grid if b > tol]
+        if m["tolerable_ber_censored"] == 0.0:  # the first grid BER above it is the bracket's failing end
+            assert above and m[f"ber_acc_at_{above[0]:g}"] < clean - 0.01, (tol, m)
+        else:
+            assert tol == max(grid)
         local = mlflow.artifacts.download_artifacts(
             run_id=run.info.run_id,
             artifact_path="checkpoint/model.pt",
