@@ -30,6 +30,7 @@ class Param:
     inclusive: bool  # True: value >= low; False: value > low
     doc: str  # one line: what it is (help texts)
     arg: str | None = None  # constructor keyword; None: name
+    default: float | None = None  # what `mcel train` uses when its flag is not given; None: required
 
     @property
     def keyword(self) -> str:

@@ -80,8 +80,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bits", type=int, default=4, help="1 (BNN), 2, 4, 8 (QAT) or 32 (float)")
     p.add_argument("--loss", default="mcel", help="cel, mcel or mhl")
     # one flag per registered loss parameter (core.losses.all_loss_params; a test keeps them in step)
-    p.add_argument("--margin", type=float, default=None, help="MCEL margin m >= 0 (mcel)")
-    p.add_argument("--b", type=float, default=None, help="MCEL saturation bound b > 0 (mcel)")
+    p.add_argument("--margin", type=float, default=None, help="MCEL margin m >= 0 (mcel; default 8)")
+    p.add_argument("--b", type=float, default=None, help="MCEL saturation bound b > 0 (mcel; default 16)")
     p.add_argument("--mhl-margin", type=float, default=None, help="MHL margin > 0 (mhl)")
     p.add_argument(
         "--logit-scale",
@@ -112,16 +112,29 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit-train", type=int, default=None, help="use the first N training samples only")
     p.add_argument("--limit-test", type=int, default=None, help="use the first N test samples only")
     p.add_argument("--progress", action="store_true", help="show a progress bar")
-    p.add_argument("--out", required=True, help="output directory for checkpoint.pt and metrics.json")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output directory for checkpoint.pt and metrics.json (default runs/<arch>-<dataset>-<bits>b-<loss>)",
+    )
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ..core.experiment import TrialSpec, run_trial
-    from ..core.losses import all_loss_params
+    from ..core.losses import all_loss_params, create_loss, loss_param_specs
     from ..core.training import TrainConfig
 
     protocol = args.protocol
+    # the loss's parameters: each flag given, else its registered default (MCEL: m = 8, b = 16); a flag the
+    # loss does not take is refused by create_loss, which also checks bounds before anything is trained
+    specs = loss_param_specs(args.loss)
+    names = {name for name in all_loss_params() if getattr(args, name) is not None}
+    loss_params = {name: getattr(args, name) for name in names}
+    loss_params.update({p.name: p.default for p in specs if p.name not in names and p.default is not None})
+    create_loss(args.loss, **loss_params)
+    if args.out is None:
+        args.out = str(Path("runs") / f"{args.arch}-{args.dataset}-{args.bits}b-{args.loss}")
     given = {
         k: getattr(args, k)
         for k in ("epochs", "batch_size", "lr", "step_size", "gamma")
@@ -138,9 +151,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         bits=args.bits,
         loss=args.loss,
-        loss_params={
-            name: getattr(args, name) for name in all_loss_params() if getattr(args, name) is not None
-        },
+        loss_params=loss_params,
         logit_scale=1.0 if args.logit_scale is None else args.logit_scale,
         train=train,
         data_root=args.data_root,

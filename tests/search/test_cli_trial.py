@@ -127,6 +127,25 @@ def test_bad_input_exits_2_with_one_line(
     assert not (tmp_path / "out" / "checkpoint.pt").exists()
 
 
+def test_train_runs_with_no_flags_at_all(tmp_path: Path) -> None:
+    """`mcel train` as it is: small_cnn, digits, 4 bits, MCEL at its registered defaults (m = 8, b = 16),
+    written under runs/ of the current directory."""
+    proc = subprocess.run([*MCEL, "train"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "runs" / "small_cnn-digits-4b-mcel"
+    payload = json.loads((out / "metrics.json").read_text())
+    assert len(payload["history"]) == 10 and payload["clean_acc"] > 0.5, payload["clean_acc"]
+    from mcel_search.core.checkpoint import load_checkpoint
+
+    _, ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["loss"] == {"name": "mcel", "margin": 8.0, "b": 16.0}
+    assert (
+        ckpt["model"]["name"] == "small_cnn"
+        and ckpt["model"]["bits"] == 4
+        and ckpt["data"]["name"] == "digits"
+    )
+
+
 def test_train_has_one_flag_per_registered_loss_parameter() -> None:
     """`mcel train`'s loss flags are the registry's parameter names (MHL's margin is not MCEL's --b)."""
     from mcel_search.core.losses import all_loss_params
