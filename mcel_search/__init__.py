@@ -14,3 +14,16 @@ Inside the package every import is relative, and each subpackage refuses to load
 """
 
 __version__ = "0.1.0"
+
+#: The Python API (``mcel_search.search.api``), imported on first use so that ``import mcel_search`` stays
+#: light (no Ray, Optuna or MLflow until a search is run or loaded).
+_API = ("run_search", "load_results", "load_search_spec", "SearchResult")
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from .search import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'mcel_search' has no attribute {name!r}")

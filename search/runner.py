@@ -60,6 +60,10 @@ class StorageFaultError(ResumableError):
     """A trial hit a full or read-only disk; the search was stopped and can be resumed after freeing space."""
 
 
+#: Parent-run tag: the Optuna storage URL of the study (passwords masked).
+OPTUNA_STORAGE_TAG = "mcel.optuna_storage"
+
+
 @dataclass
 class StudyOutcome:
     """What one (architecture, bits) study ended with."""
@@ -72,6 +76,9 @@ class StudyOutcome:
         default_factory=list
     )  # one per trial: state, params, metrics, run id
     baseline: dict[str, Any] | None = None
+    grid: Any = None  # the study's Tune ResultGrid
+    baseline_grid: Any = None  # the CEL baseline's Tune ResultGrid (None without a baseline)
+    optuna_storage: str = ""  # where optuna.load_study(study_name=study, storage=...) finds the study
 
 
 @dataclass
@@ -306,7 +313,10 @@ def run_search(
             SEARCH_ID_KEY: search_id,
         }
         parent = parent_run(client, experiment_id, study, tags, flat)
+        # where optuna.load_study finds this study (mcel_search.load_results reads it back)
+        client.set_tag(parent, OPTUNA_STORAGE_TAG, redact_credentials(optuna_url))
         context = _context(spec, arch, bits)
+        baseline_grid = None
         trainable = tune.with_resources(tune.with_parameters(mcel_trial, context=context), resources)
         fixed_params = {
             k: v
@@ -329,7 +339,7 @@ def run_search(
                 param_space={"loss": "cel", "logit_scale": spec.baseline.logit_scale or 1.0},
                 verbose=verbose,
             )
-            _fit(
+            baseline_grid = _fit(
                 tuner,
                 guard,
                 logger_cb,
@@ -380,7 +390,10 @@ def run_search(
         _reconcile_optuna(optuna_url, study, grid)
         client.set_tag(parent, "mcel.state", "finished")
         client.set_terminated(parent, "FINISHED")
-        outcomes.append(_study_outcome(client, experiment_id, study, arch, bits, parent))
+        outcome = _study_outcome(client, experiment_id, study, arch, bits, parent)
+        outcome.grid, outcome.baseline_grid = grid, baseline_grid
+        outcome.optuna_storage = redact_credentials(optuna_url)
+        outcomes.append(outcome)
     return SearchOutcome(
         experiment_id=experiment_id, tracking_uri=tracking_uri, storage_path=storage_path, studies=outcomes
     )

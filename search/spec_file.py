@@ -76,6 +76,13 @@ def load_spec(path: str | os.PathLike) -> SearchSpec:
         SpecError: the file is missing or unreadable, is not valid YAML (the line names line and column),
             or holds an invalid spec (one line per bad field).
     """
+    data, duplicates = read_spec_data(path)
+    return parse_spec(data, source=os.fspath(path), early=duplicates)
+
+
+def read_spec_data(path: str | os.PathLike) -> tuple[Any, list[str]]:
+    """The YAML document at ``path``, not yet validated, and the error lines of its duplicate keys (which
+    :func:`parse_spec` reports with the spec's own errors); the file checks of :func:`load_spec`."""
     source = os.fspath(path)
     shown = repr(source if len(source) <= 300 else f"{source[:140]}...{source[-140:]}")  # a name can be huge
     try:
@@ -131,4 +138,4 @@ def load_spec(path: str | os.PathLike) -> SearchSpec:
         ) from None
     finally:
         loader.dispose()
-    return parse_spec(data, source=source, early=loader.duplicates)
+    return data, list(loader.duplicates)
