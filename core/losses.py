@@ -45,7 +45,9 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 #: MCEL's margin m (eq. 9): subtracted from the bounded true-class logit; m = 0 is allowed.
-MARGIN = Param("margin", 0.0, True, "MCEL margin m, subtracted from the bounded true-class logit", default=8.0)
+MARGIN = Param(
+    "margin", 0.0, True, "MCEL margin m, subtracted from the bounded true-class logit", default=8.0
+)
 #: MCEL's saturation bound b (eq. 7): logits are bounded to (-b, b).
 BOUND = Param("b", 0.0, False, "MCEL saturation bound b: logits bounded to (-b, b)", default=16.0)
 #: MHL's demanded margin (the b of Buschjaeger et al.): a different quantity from MCEL's bound.
