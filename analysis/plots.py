@@ -207,8 +207,11 @@ def plot_pareto(
     * grey dots: trials (``role == "trial"``) with ``state == "completed"`` and finite accuracies; pruned
       and errored trials are **not shown** (their number is given in the legend);
     * the Pareto front ``front_ids`` (any role; every id must be a completed row with finite accuracies,
-      else ``ValueError``): highlighted, with ±1 ``ber_acc_std`` error bars when that column is present,
-      connected in ascending ``clean_acc`` order (ties: descending ``ber_acc``);
+      else ``ValueError``): highlighted, connected in ascending ``clean_acc`` order (ties: descending
+      ``ber_acc``);
+    * every drawn point (trials, front, baseline) has the same error bar: the 95% CI of its mean
+      ``ber_acc`` over the realizations (``ber_acc_ci``, half-width, as ``analysis.queries.runs_frame``
+      computes it), none where that column is absent or NaN;
     * the baseline (``baseline_id``, any state, drawn when its accuracies are finite): a star;
     * the selected run (``selected_id``): circled.
 
@@ -228,13 +231,14 @@ def plot_pareto(
     if isinstance(front_ids, str):
         raise TypeError("front_ids must be a sequence of run ids, not a single string")
     trials = trials.copy()
-    if "ber_acc_std" not in trials.columns:
-        trials["ber_acc_std"] = np.nan
+    for col in ("ber_acc_std", "ber_acc_ci"):
+        if col not in trials.columns:
+            trials[col] = np.nan
 
     is_trial = trials["role"] == "trial"
     completed = is_trial & (trials["state"] == "completed") & _finite_acc(trials)
     hidden = int((is_trial & ~completed).sum())
-    shown = _points(trials[completed])
+    shown = _points(trials[completed], extra=("ber_acc_ci",))
 
     front_ids = list(dict.fromkeys(front_ids))
     unknown = [r for r in front_ids if r not in set(trials["run_id"])]
@@ -247,24 +251,40 @@ def plot_pareto(
             f"front run(s) {invalid['run_id'].tolist()} are not completed with finite accuracies: "
             "the front must be computed over completed runs"
         )
-    front = _points(front_rows, extra=("ber_acc_std",))
+    front = _points(front_rows, extra=("ber_acc_std", "ber_acc_ci"))
     front = front.sort_values(["clean_acc", "ber_acc"], ascending=[True, False], kind="stable")
     front = front.reset_index(drop=True)
 
-    baseline = _points(_lookup(trials, baseline_id, "baseline"))
+    baseline = _points(_lookup(trials, baseline_id, "baseline"), extra=("ber_acc_ci",))
     selected = _points(_lookup(trials, selected_id, "selected"))
 
     fig, ax = _new_figure()
     label = f"completed trials ({len(shown)})"
     if hidden:
         label += f"; {hidden} pruned/errored not shown"
-    ax.scatter(shown["clean_acc"], shown["ber_acc"], s=18, color="0.6", alpha=0.8, label=label, zorder=2)
+
+    def bars(points: pd.DataFrame) -> np.ndarray:
+        ci = points["ber_acc_ci"].to_numpy(dtype=float)
+        return np.where(np.isfinite(ci), ci, 0.0)
+
+    ax.errorbar(
+        shown["clean_acc"],
+        shown["ber_acc"],
+        yerr=bars(shown),
+        fmt="o",
+        markersize=4,
+        color="0.6",
+        alpha=0.8,
+        elinewidth=0.6,
+        capsize=1.5,
+        label=label,
+        zorder=2,
+    )
     if not front.empty:
-        std = front["ber_acc_std"].to_numpy()
         ax.errorbar(
             front["clean_acc"],
             front["ber_acc"],
-            yerr=np.where(np.isfinite(std), std, 0.0),
+            yerr=bars(front),
             color="C3",
             marker="o",
             markersize=5,
@@ -275,6 +295,16 @@ def plot_pareto(
             zorder=3,
         )
     if not baseline.empty:
+        ax.errorbar(
+            baseline["clean_acc"],
+            baseline["ber_acc"],
+            yerr=bars(baseline),
+            fmt="none",
+            ecolor="C0",
+            elinewidth=0.8,
+            capsize=2,
+            zorder=4,
+        )
         ax.scatter(
             baseline["clean_acc"],
             baseline["ber_acc"],

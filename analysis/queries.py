@@ -12,6 +12,7 @@ import csv
 import math
 import os
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,12 +23,15 @@ from mlflow.tracking import MlflowClient
 from ..core.errors import BadInputError
 from ..core.losses import relative_separation
 from ..core.redact import redact_credentials
+from .stats import mean_ci_halfwidth
 from .stores import open_store
 
 if TYPE_CHECKING:
     from .selection import Selection
 
 CHECKPOINT_ARTIFACT = "checkpoint/model.pt"
+#: Run tag of a finished trial's MLflow Model (``models:/<id>``, logged by ``search.pyfunc``).
+MODEL_ID_TAG = "mcel.model_id"
 CURVE_ARTIFACT = "ber_curve.csv"
 NUMERIC_PARAMS = ("margin", "b", "mhl_margin", "logit_scale", "relative_separation")
 KEY_METRICS = ("clean_acc", "ber_acc", "ber_acc_std", "ber_acc_min", "mlm", "train_loss", "tolerable_ber")
@@ -129,8 +133,15 @@ def runs_frame(
                 "loss",
                 *NUMERIC_PARAMS,
                 *KEY_METRICS,
+                "ber_acc_ci",
             ]
         )
+    # the 95% interval of the mean ber_acc over the objective's realizations: what tables and figures mark
+    col = "params.objective.reps"
+    reps = pd.to_numeric(df[col], errors="coerce") if col in df else pd.Series(math.nan, index=df.index)
+    df["ber_acc_ci"] = [
+        mean_ci_halfwidth(float(s), float(n)) for s, n in zip(df["ber_acc_std"], reps, strict=True)
+    ]
     if df["relative_separation"].isna().any():
         derived = df.apply(lambda r: relative_separation({"margin": r["margin"], "b": r["b"]}), axis=1)
         df["relative_separation"] = df["relative_separation"].fillna(derived.astype(float))
@@ -246,16 +257,59 @@ def tag_front_and_selection(
         client.set_tag(rid, "mcel.selected", "true" if rid == selected_id else "false")
 
 
+#: The Selection.summary() fields logged as metrics of a group's parent run (accuracies are fractions, the
+#: gain in points), so that the parent shows the selected point and the baseline next to each other.
+PARENT_SELECTION_METRICS = {
+    "clean_acc": "selected_clean_acc",
+    "ber_acc": "selected_ber_acc",
+    "tolerable_ber": "selected_tolerable_ber",
+    "baseline_clean_acc": "baseline_clean_acc",
+    "baseline_ber_acc": "baseline_ber_acc",
+    "baseline_tolerable_ber": "baseline_tolerable_ber",
+    "gain_mean": "gain_points",
+    "gain_low": "gain_points_ci_low",
+    "gain_high": "gain_points_ci_high",
+}
+
+
+def record_selection_on_parent(client: MlflowClient, parent_run_id: str, summary: Mapping[str, Any]) -> None:
+    """Log a group's selection (``Selection.summary()``) on its parent run: the metrics of
+    :data:`PARENT_SELECTION_METRICS` (NaN ones left out) and tags ``mcel.selected_run_id``,
+    ``mcel.selection_rule`` and ``mcel.verdict``."""
+    from mlflow.entities import Metric, RunTag
+
+    ts = int(time.time() * 1000)
+    metrics = [
+        Metric(name, float(summary[key]), ts, 0)
+        for key, name in PARENT_SELECTION_METRICS.items()
+        if isinstance(summary.get(key), int | float) and math.isfinite(float(summary[key]))
+    ]
+    tags = [
+        RunTag("mcel.selected_run_id", str(summary.get("run_id") or "none")),
+        RunTag("mcel.selection_rule", str(summary.get("rule"))),
+        RunTag("mcel.verdict", str(summary.get("verdict", ""))[:5000]),
+    ]
+    client.log_batch(parent_run_id, metrics=metrics, tags=tags)
+
+
 def register_checkpoint(client: MlflowClient, run_id: str, name: str, alias: str = "champion") -> Any:
-    """Register ``runs:/<run_id>/checkpoint`` as a new version of registered model ``name`` and point
-    ``alias`` at it; returns the ModelVersion."""
+    """Register the run's MLflow Model (``models:/<id>`` of its ``mcel.model_id`` tag: loads with
+    ``mlflow.pyfunc.load_model``, holds the checkpoint) as a new version of registered model ``name`` and
+    point ``alias`` at it; runs logged before trial models existed register ``runs:/<run_id>/checkpoint``.
+    Returns the ModelVersion."""
     from mlflow.exceptions import MlflowException
 
     try:
         client.get_registered_model(name)
     except MlflowException:
-        client.create_registered_model(name, description="MCEL checkpoint selected by mcel pareto")
-    version = client.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id)
+        client.create_registered_model(name, description="MCEL model selected by mcel pareto")
+    model_id = client.get_run(run_id).data.tags.get(MODEL_ID_TAG)
+    if model_id:
+        version = client.create_model_version(
+            name, source=f"models:/{model_id}", run_id=run_id, model_id=model_id
+        )
+    else:
+        version = client.create_model_version(name, source=f"runs:/{run_id}/checkpoint", run_id=run_id)
     client.set_registered_model_alias(name, alias, version.version)
     return version
 

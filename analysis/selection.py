@@ -406,14 +406,25 @@ def format_selection(sel: Selection) -> str:
     if sel.baseline is not None:
         rows.append(("CEL", sel.baseline))
 
-    header: tuple[str, ...] = ("", "margin", "b", "s", "m/(2b)", "clean %", "ber %")
+    # one kind of uncertainty for every row: the 95% CI of the mean when every row has it, else the std
+    use_ci = bool(rows) and all(not math.isnan(_num(r, "ber_acc_ci")) for _, r in rows)
+    spread = "ber_acc_ci" if use_ci else "ber_acc_std"
+    header: tuple[str, ...] = (
+        "",
+        "margin",
+        "b",
+        "s",
+        "m/(2b)",
+        "clean %",
+        "ber % ± 95% CI" if use_ci else "ber % ± std",
+    )
     tolerable = any(not math.isnan(_num(r, "tolerable_ber")) for _, r in rows)
     if tolerable:
         header = (*header, "tolerable BER %")
     table = [header]
     for mark, r in rows:
         m, b = _num(r, "margin"), _num(r, "b")
-        std = _num(r, "ber_acc_std")
+        std = _num(r, spread)
         ber = _pct(_num(r, "ber_acc")) + ("" if math.isnan(std) else f" ± {std * 100:.2f}")
         line = (
             mark,

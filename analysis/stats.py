@@ -107,3 +107,11 @@ def paired_gain(
         confidence=float(confidence),
         significant=bool(low > 0.0 or high < 0.0),
     )
+
+
+def mean_ci_halfwidth(std: float, n: float, confidence: float = 0.95) -> float:
+    """Half-width of the Student-t interval of a mean of ``n`` values with sample std ``std``:
+    ``t_{(1+c)/2, n-1} * std / sqrt(n)``; NaN when ``n < 2`` or ``std`` is not finite (no spread known)."""
+    if not (math.isfinite(std) and math.isfinite(n)) or n < 2:
+        return math.nan
+    return float(stats.t.ppf((1.0 + confidence) / 2.0, int(n) - 1)) * std / math.sqrt(int(n))

@@ -20,6 +20,7 @@ from ..core.paths import child_path
 from .queries import (
     ber_records,
     metric_history,
+    record_selection_on_parent,
     register_checkpoint,
     selections,
     tag_front_and_selection,
@@ -75,6 +76,9 @@ def pareto_command(
         selected = sel.row["run_id"] if sel.row is not None else None
         if tag:
             tag_front_and_selection(client, runs["run_id"].tolist(), sel.front["run_id"].tolist(), selected)
+            parent = _parent_run(client, runs)
+            if parent:
+                record_selection_on_parent(client, parent, sel.summary())
         if register and selected is not None:
             name = _group_name(experiment, sel)
             version = register_checkpoint(client, selected, name, alias)

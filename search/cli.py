@@ -30,6 +30,7 @@ import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import BadInputError, McelError, NoResultError, ResumableError
 from ..core.redact import redact_credentials
@@ -49,7 +50,11 @@ PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirect
 
 
 class UsageError(BadInputError):
-    """Bad input found by the CLI itself."""
+    """Bad input found by the CLI itself; ``errors`` holds one line per problem when there are several."""
+
+    def __init__(self, message: str, errors: Sequence[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors or [message])
 
 
 def _floats(text: str) -> list[float]:
@@ -120,26 +125,67 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _train_problems(args: argparse.Namespace, given: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Every problem of ``mcel train``'s flags at once (one line each, as a spec's), and the loss's
+    parameters: each flag given, else its registered default (MCEL: m = 8, b = 16)."""
+    from ..core.data.registry import list_datasets
+    from ..core.layers import check_layer_bits
+    from ..core.losses import all_loss_params, create_loss, loss_param_specs
+    from ..core.models.registry import check_model_bits, list_models
+    from ..core.training import train_config_problems
+
+    problems: list[str] = []
+    loss_params: dict[str, Any] = {}
+
+    def check(fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except BadInputError as exc:
+            problems.append(str(exc).splitlines()[0])
+
+    if args.arch in list_models():
+        check(lambda: check_model_bits(args.arch, args.bits))  # what this architecture supports
+    else:
+        problems.append(f"arch={args.arch!r} is not known: one of {', '.join(list_models())}")
+        check(lambda: check_layer_bits(args.bits))
+    if args.dataset not in list_datasets():
+        problems.append(f"dataset={args.dataset!r} is not known: one of {', '.join(list_datasets())}")
+    try:
+        specs = loss_param_specs(args.loss)
+    except BadInputError as exc:
+        problems.append(str(exc))
+    else:
+        names = {name for name in all_loss_params() if getattr(args, name) is not None}
+        loss_params = {name: getattr(args, name) for name in names}
+        loss_params.update(
+            {p.name: p.default for p in specs if p.name not in names and p.default is not None}
+        )
+        check(lambda: create_loss(args.loss, **loss_params))  # a flag it does not take, a bound
+    problems += [
+        f"{k}={v!r} is not allowed: it must be {allowed}" for k, v, allowed in train_config_problems(given)
+    ]
+    for flag in ("limit_train", "limit_test"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            problems.append(f"--{flag.replace('_', '-')}={value!r} is not allowed: a number of samples >= 1")
+    return problems, loss_params
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from ..core.experiment import TrialSpec, run_trial
-    from ..core.losses import all_loss_params, create_loss, loss_param_specs
     from ..core.training import TrainConfig
 
     protocol = args.protocol
-    # the loss's parameters: each flag given, else its registered default (MCEL: m = 8, b = 16); a flag the
-    # loss does not take is refused by create_loss, which also checks bounds before anything is trained
-    specs = loss_param_specs(args.loss)
-    names = {name for name in all_loss_params() if getattr(args, name) is not None}
-    loss_params = {name: getattr(args, name) for name in names}
-    loss_params.update({p.name: p.default for p in specs if p.name not in names and p.default is not None})
-    create_loss(args.loss, **loss_params)
-    if args.out is None:
-        args.out = str(Path("runs") / f"{args.arch}-{args.dataset}-{args.bits}b-{args.loss}")
     given = {
         k: getattr(args, k)
         for k in ("epochs", "batch_size", "lr", "step_size", "gamma")
         if getattr(args, k) is not None
     }
+    problems, loss_params = _train_problems(args, given)
+    if problems:  # all of them, before anything is printed or trained
+        raise UsageError(problems[0], problems)
+    if args.out is None:
+        args.out = str(Path("runs") / f"{args.arch}-{args.dataset}-{args.bits}b-{args.loss}")
     train = TrainConfig(
         **{**protocol.train_defaults(), **given},
         seed=args.seed,

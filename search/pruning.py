@@ -31,6 +31,8 @@ from .searcher import NUMBER_KEY
 
 logger = logging.getLogger(__name__)
 
+#: ``mcel.role`` of the scheduler's own Optuna study (``<study>-pruning``), as optuna-dashboard shows it.
+INTERNAL_ROLE = "internal: the pruning scheduler's per-epoch values, not a search (the search is <study>)"
 KEY_ATTR = "search_number"
 
 
@@ -86,6 +88,10 @@ class OptunaPruningScheduler(FIFOScheduler):
                 pruner=self.pruner,
                 load_if_exists=True,
             )
+            # optuna-dashboard lists this study next to the search's: say what it is
+            if self._study.user_attrs.get("mcel.role") != INTERNAL_ROLE:
+                self._study.set_user_attr("mcel.role", INTERNAL_ROLE)
+                self._study.set_metric_names([self._metric])
             for frozen in self._study.get_trials(deepcopy=False):
                 key = frozen.user_attrs.get(KEY_ATTR)
                 if key is not None:

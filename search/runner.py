@@ -262,6 +262,7 @@ def run_search(
     from ray import tune
     from ray.tune import TuneConfig
 
+    from .distinct_sampler import distinct
     from .pruning import OptunaPruningScheduler
     from .searcher import PruningAwareOptunaSearch, SearchSpace
     from .storage_guard import StorageFaultGuard
@@ -346,7 +347,8 @@ def run_search(
                 f"{study}-baseline",
                 experiment_dir(storage_path, f"{study}-baseline"),
             )
-        sampler = create_sampler(spec.sampler)
+        # no trial repeats another's parameters in a discrete space (search.distinct_sampler)
+        sampler = distinct(create_sampler(spec.sampler), spec.losses, spec.space, spec.sampler.seed)
         rdb = optuna.storages.RDBStorage(optuna_url)
         searcher = PruningAwareOptunaSearch(
             space=SearchSpace(spec.losses, spec.space),
@@ -429,6 +431,9 @@ def _search_id(optuna_url: str, study: str) -> str:
     )
     if SEARCH_ID_KEY not in s.user_attrs:
         s.set_user_attr(SEARCH_ID_KEY, uuid.uuid4().hex)
+    if s.metric_names != list(OBJECTIVES):  # optuna-dashboard names the objectives, not "0" and "1"
+        s.set_metric_names(list(OBJECTIVES))
+        s.set_user_attr("mcel.role", "search")
     return s.user_attrs[SEARCH_ID_KEY]
 
 

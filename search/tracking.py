@@ -131,13 +131,20 @@ def _one_attempt() -> Iterator[None]:
                 os.environ[k] = v
 
 
+#: MLflow 3's UI opens an experiment by its kind: ours is model training (its runs table), not GenAI traces.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
+
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
-    """The id of experiment ``name``, created if absent (restored if deleted)."""
+    """The id of experiment ``name``, created if absent (restored if deleted), tagged as a model-training
+    experiment (:data:`EXPERIMENT_KIND`) so that the MLflow UI opens on its runs."""
     exp = client.get_experiment_by_name(name)
     if exp is None:
-        return client.create_experiment(name)
+        return client.create_experiment(name, tags=dict([EXPERIMENT_KIND]))
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+        client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
     return exp.experiment_id
 
 
@@ -413,8 +420,10 @@ class MlflowTrialLogger(Callback):
     def _latest_checkpoint(self, trial: Trial) -> Any:
         return self._checkpoints.get(self._key(trial)) or trial.checkpoint
 
-    def _upload(self, run_id: str, checkpoint: Any) -> dict | None:
-        """Upload model.pt / ber_curve.csv / summary.json of ``checkpoint``; returns the summary."""
+    def _upload(self, run_id: str, checkpoint: Any, model: bool = False) -> dict | None:
+        """Upload model.pt / ber_curve.csv / summary.json of ``checkpoint``; returns the summary. With
+        ``model`` (a finished trial), also log it as an MLflow Model (``search.pyfunc``): once per run, its
+        id kept in the run's ``mcel.model_id`` tag."""
         if checkpoint is None:
             return None
         import json
@@ -429,7 +438,42 @@ class MlflowTrialLogger(Callback):
                     self.client.log_artifact(run_id, str(d / name))
             if (d / "summary.json").exists():
                 summary = json.loads((d / "summary.json").read_text())
+            if model and (d / "ber_curve.csv").exists():
+                self._log_curve_views(run_id, d / "ber_curve.csv")
+            from .trainable import INPUT_EXAMPLE_FILE
+
+            example = d / INPUT_EXAMPLE_FILE
+            if model and (d / "model.pt").exists() and example.exists():
+                from .pyfunc import MODEL_ID_TAG, log_trial_model
+
+                if MODEL_ID_TAG not in self.client.get_run(run_id).data.tags:
+                    import numpy as np
+
+                    model_id = log_trial_model(run_id, d / "model.pt", np.load(example), self.tracking_uri)
+                    self.client.set_tag(run_id, MODEL_ID_TAG, model_id)
         return summary
+
+    def _log_curve_views(self, run_id: str, curve_csv: Path) -> None:
+        """The final BER curve as the MLflow UI shows it: a figure (``ber_curve.png``: mean accuracy against
+        BER with its spread, ``analysis.plots.plot_ber_curves``) and a table (``ber_curve_table.json``: one
+        row per BER with mean, std, min and the number of realizations, in %)."""
+        import tempfile
+
+        import pandas as pd
+
+        from ..analysis.plots import plot_ber_curves
+
+        records = pd.read_csv(curve_csv).assign(run_id=run_id)
+        with tempfile.TemporaryDirectory() as tmp:
+            drawn = plot_ber_curves(
+                records, {run_id: "this trial"}, Path(tmp) / "ber_curve.png", title="BER curve"
+            )
+            self.client.log_artifact(run_id, str(Path(tmp) / "ber_curve.png"))
+        table = drawn.drop(columns="run_id").rename(columns={"mean": "mean_acc_pct", "std": "std_acc_pct"})
+        table["min_acc_pct"] = (
+            (100.0 * records.groupby("ber")["accuracy"].min()).reindex(table["ber"]).to_numpy()
+        )
+        self.client.log_table(run_id, data=table, artifact_file="ber_curve_table.json")
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # the checkpoint is taken now: by the time the call is sent a retry may have newer ones
@@ -447,7 +491,7 @@ class MlflowTrialLogger(Callback):
             self._closed.add(run_id)
             return
         final = bool(last_result.get("final"))
-        summary = self._upload(run_id, checkpoint)
+        summary = self._upload(run_id, checkpoint, model=final)
         if final and summary:
             ts = int(last_result.get("timestamp", 0) * 1000)
             step = int(last_result.get("epoch", 0))
@@ -457,7 +501,8 @@ class MlflowTrialLogger(Callback):
                     metrics.append(Metric(ber_metric_name(kind, point["ber"]), float(point[key]), ts, step))
             self.client.log_batch(run_id, metrics=metrics)
         self.client.set_tag(run_id, "mcel.state", "completed" if final else "pruned")
-        self.client.set_terminated(run_id, "FINISHED")
+        # a pruned trial was stopped, not finished: KILLED in the MLflow UI's status column
+        self.client.set_terminated(run_id, "FINISHED" if final else "KILLED")
         self._closed.add(run_id)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:

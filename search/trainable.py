@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ray import tune
 
@@ -47,6 +48,9 @@ from .searcher import NUMBER_KEY
 from .spec import DataSpec, ObjectiveSpec, SweepSpec
 
 TRAINER_FILE = "trainer.pt"
+#: One batch of input images a finished trial leaves in its last checkpoint: the logged MLflow Model's
+#: signature and input example (``search.pyfunc``; the tracker logs it).
+INPUT_EXAMPLE_FILE = "input_example.npy"
 MODEL_FILE = "model.pt"
 CURVE_FILE = "ber_curve.csv"
 SUMMARY_FILE = "summary.json"
@@ -230,6 +234,8 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
             if final:
                 margins = margin_statistics(trainer.model, test)
                 _write_curve(tmpdir / CURVE_FILE, curve.records)
+                # one test image as the logged MLflow Model's input example (search.pyfunc)
+                np.save(tmpdir / INPUT_EXAMPLE_FILE, test[0][0][:1].detach().cpu().numpy().astype(np.float32))
                 tolerable = _tolerable(trainer.model, test, curve, context)
                 if tolerable is not None:
                     metrics.update(tolerable.as_metrics())

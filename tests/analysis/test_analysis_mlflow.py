@@ -247,3 +247,60 @@ def test_names_from_mlflow_never_leave_the_target_directory(searched, tmp_path) 
     ]
     assert outside == [], outside
     assert list((inner / "dl").rglob("model.pt")) and (inner / "rep" / "report.md").is_file()
+
+
+def test_every_finished_trial_is_an_mlflow_model_that_predicts_like_evaluate(searched, tmp_path) -> None:
+    """A registered version loads with ``mlflow.pyfunc.load_model("models:/<name>@<alias>")`` (no pickled
+    code: the model is logged from code, the weights are the checkpoint), predicts logits with the logged
+    signature, and its accuracy on the test set is what ``mcel evaluate`` of the same URI prints."""
+    import mlflow
+    from mlflow.pyfunc import load_model
+
+    from mcel_search.core.data import load_dataset
+
+    uri, _ = searched
+    client = MlflowClient(uri)
+    df = runs_frame(EXPERIMENT, tracking_uri=uri)
+    completed = df[df["state"] == "completed"]
+    assert len(completed) >= 2
+    exp_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    logged = client.search_logged_models([exp_id])
+    assert {m.source_run_id for m in logged} == set(completed["run_id"])  # one model per finished run
+    assert set(completed["tags.mcel.model_id"]) == {m.model_id for m in logged}
+    best = best_checkpoints(EXPERIMENT, tracking_uri=uri, arch="small_cnn")
+    run_id = best.loc[0, "run_id"]
+    version = register_checkpoint(client, run_id, "analysis-pyfunc", alias="served")
+    assert version.source.startswith("models:/m-")
+    mlflow.set_tracking_uri(uri)
+    model = load_model("models:/analysis-pyfunc@served")
+    sig = model.metadata.signature
+    assert list(sig.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 1, 8, 8]
+    assert list(sig.outputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 10]
+    test = load_dataset("digits").test
+    images = torch.stack([test[i][0] for i in range(len(test))]).numpy()
+    labels = np.array([int(test[i][1]) for i in range(len(test))])
+    logits = model.predict(images)
+    assert logits.shape == (len(test), 10) and logits.dtype == np.float32
+    accuracy = float((logits.argmax(axis=1) == labels).mean())
+    ev = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcel_search.search.cli",
+            "evaluate",
+            "models:/analysis-pyfunc@served",
+            "--bers",
+            "0",
+            "--reps",
+            "1",
+            "--tracking-uri",
+            uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ev.returncode == 0, ev.stderr
+    line = next(ln for ln in ev.stdout.splitlines() if ln.strip().startswith("0.0000%"))
+    assert float(line.split()[1]) == pytest.approx(100 * accuracy, abs=0.006)
+    assert accuracy == pytest.approx(best.loc[0, "clean_acc"], abs=1e-9)  # and what the search logged

@@ -116,6 +116,7 @@ def trials() -> pd.DataFrame:
             "clean_acc": rng.uniform(0.80, 0.97, n),
             "ber_acc": rng.uniform(0.20, 0.90, n),
             "ber_acc_std": rng.uniform(0.0, 0.03, n),
+            "ber_acc_ci": rng.uniform(0.0, 0.02, n),
         }
     )
     # Pruned trials with very good partial accuracies: they would be on the front if they were shown.
@@ -123,7 +124,8 @@ def trials() -> pd.DataFrame:
     df.loc[pruned, ["clean_acc", "ber_acc"]] = [[0.995, 0.99], [0.999, 0.98]]
     df.loc[df["state"] == "errored", ["clean_acc", "ber_acc", "ber_acc_std"]] = np.nan
     baseline = {"run_id": "base", "role": "baseline", "state": "completed", "loss": "cel"}
-    baseline |= {"clean_acc": 0.955, "ber_acc": 0.31, "ber_acc_std": 0.02, "arch": "mlp", "bits": 8}
+    baseline |= {"clean_acc": 0.955, "ber_acc": 0.31, "ber_acc_std": 0.02, "ber_acc_ci": 0.015}
+    baseline |= {"arch": "mlp", "bits": 8}
     return pd.concat([df, pd.DataFrame([baseline])], ignore_index=True)
 
 
@@ -174,8 +176,16 @@ def test_pareto_plotted_points(tmp_path, trials):
 
     # baseline and selected: the rows' own values
     assert out["baseline"].to_dict("records") == [
-        {"run_id": "base", "clean_acc": pytest.approx(95.5), "ber_acc": pytest.approx(31.0)}
+        {
+            "run_id": "base",
+            "clean_acc": pytest.approx(95.5),
+            "ber_acc": pytest.approx(31.0),
+            "ber_acc_ci": pytest.approx(1.5),
+        }
     ]
+    # every drawn point carries the same kind of error bar: the 95% CI of its mean (in %)
+    np.testing.assert_allclose(out["trials"]["ber_acc_ci"], 100 * completed["ber_acc_ci"].to_numpy())
+    np.testing.assert_allclose(out["front"]["ber_acc_ci"], 100 * by_id.loc[expected, "ber_acc_ci"].to_numpy())
     assert list(out["selected"]["run_id"]) == [selected_id]
     assert out["selected"]["clean_acc"].item() == pytest.approx(100 * by_id.loc[selected_id, "clean_acc"])
     assert out["selected"]["ber_acc"].item() == pytest.approx(100 * by_id.loc[selected_id, "ber_acc"])

@@ -149,3 +149,17 @@ def test_selection_uses_the_same_objects():
     from mcel_search.analysis import selection
 
     assert selection.paired_gain is paired_gain and selection.PairedGain is PairedGain
+
+
+def test_mean_ci_halfwidth_matches_scipy_interval():
+    import math
+
+    from scipy import stats as sps
+
+    from mcel_search.analysis.stats import mean_ci_halfwidth
+
+    values = [0.81, 0.84, 0.79, 0.88, 0.83, 0.80]
+    sd = float(np.std(values, ddof=1))
+    low, high = sps.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=sps.sem(values))
+    assert mean_ci_halfwidth(sd, len(values)) == pytest.approx((high - low) / 2)
+    assert math.isnan(mean_ci_halfwidth(sd, 1)) and math.isnan(mean_ci_halfwidth(float("nan"), 6))

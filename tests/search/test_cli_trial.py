@@ -146,6 +146,18 @@ def test_train_runs_with_no_flags_at_all(tmp_path: Path) -> None:
     )
 
 
+def test_train_prints_every_bad_flag_at_once(tmp_path: Path) -> None:
+    proc = run(
+        "train", "--bits", "3", "--margin", "-1", "--epochs", "0", "--lr", "-1", "--out", str(tmp_path / "o")
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 4 and all(ln.startswith("mcel: error: ") for ln in lines), lines
+    for needle in ("bits=3", "margin=-1.0", "epochs=0", "lr=-1.0"):
+        assert sum(needle in ln for ln in lines) == 1, (needle, lines)
+    assert not (tmp_path / "o").exists() and "protocol" not in proc.stdout  # nothing started
+
+
 def test_train_has_one_flag_per_registered_loss_parameter() -> None:
     """`mcel train`'s loss flags are the registry's parameter names (MHL's margin is not MCEL's --b)."""
     from mcel_search.core.losses import all_loss_params

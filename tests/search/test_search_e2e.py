@@ -6,6 +6,7 @@ Small model (small_cnn on digits), few epochs, so each search takes well under a
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -72,6 +73,15 @@ def test_search_tracks_every_trial_in_mlflow_and_optuna(
     assert len(trials) == 6 and len(baselines) == 1
     parent = client.search_runs([outcome.experiment_id], filter_string="tags.`mcel.role` = 'parent'")
     assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    # the MLflow UI opens the experiment on its runs (a model-training experiment, not GenAI traces)
+    assert (
+        client.get_experiment(outcome.experiment_id).tags["mlflow.experimentKind"]
+        == "custom_model_development"
+    )
+    # the study's Optuna objectives are named, the pruner's own study says it is internal
+    study_names = {s.study_name: s for s in optuna.get_all_study_summaries(outcome.studies[0].optuna_storage)}
+    assert study_names["e2e-small_cnn-4b"].user_attrs.get("mcel.role") == "search"
+    assert study_names["e2e-small_cnn-4b-pruning"].user_attrs.get("mcel.role", "").startswith("internal")
     study = optuna.load_study(
         study_name="e2e-small_cnn-4b",
         storage=spec.optuna_storage()
@@ -132,6 +142,20 @@ def test_search_tracks_every_trial_in_mlflow_and_optuna(
             )
         else:
             assert params["loss"] == "cel"
+    # the parent run carries the selected point and the baseline (written by the summary mcel search prints)
+    from mcel_search.analysis.workflow import pareto_summary
+
+    pareto_summary("e2e", mlflow_server.uri)
+    pm = client.get_run(parent[0].info.run_id).data
+    selected = pm.tags["mcel.selected_run_id"]
+    chosen = client.get_run(selected).data.metrics
+    assert (
+        pm.metrics["selected_ber_acc"] == chosen["ber_acc"]
+        and pm.metrics["selected_clean_acc"] == chosen["clean_acc"]
+    )
+    assert pm.metrics["baseline_ber_acc"] == baselines[0].data.metrics["ber_acc"]
+    assert pm.metrics["gain_points_ci_low"] <= pm.metrics["gain_points"] <= pm.metrics["gain_points_ci_high"]
+    assert pm.tags["mcel.selection_rule"] == "constraint" and pm.tags["mcel.verdict"]
     # paired: the CEL baseline and every trial used the same error seeds (same seed list in the curve CSV).
     seeds = set()
     for run in runs:
@@ -143,6 +167,22 @@ def test_search_tracks_every_trial_in_mlflow_and_optuna(
         )
         rows = Path(path).read_text().splitlines()[1:]
         seeds.add(tuple(sorted({r.split(",")[2] for r in rows})))
+        # the curve as the MLflow UI shows it: a figure and a table per finished trial
+        names = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"ber_curve.png", "ber_curve_table.json", "model"} <= names, names
+        table = json.loads(
+            Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run.info.run_id,
+                    artifact_path="ber_curve_table.json",
+                    dst_path=str(tmp_path / ("t" + run.info.run_id)),
+                    tracking_uri=mlflow_server.uri,
+                )
+            ).read_text()
+        )
+        at = dict(zip(table["columns"], zip(*table["data"], strict=True), strict=True))
+        for ber, mean in zip(at["ber"], at["mean_acc_pct"], strict=True):
+            assert mean == pytest.approx(100 * run.data.metrics[f"ber_acc_at_{ber:g}"])
     assert len(seeds) == 1
 
 
@@ -188,8 +228,11 @@ def test_pruner_stops_trials_that_cannot_learn(tmp_path, mlflow_server, local_ra
             assert epochs_run < 5
             assert float(run.data.params["b"]) == 1e-6  # only the trials that cannot learn
             assert "ber_acc_at_0.01" not in run.data.metrics
+            assert run.info.status == "KILLED"  # stopped, not finished, in the MLflow UI
+            assert "mcel.model_id" not in run.data.tags  # no MLflow Model for a trial that did not finish
         else:
             assert states[number] == optuna.trial.TrialState.COMPLETE and epochs_run == 5
+            assert run.info.status == "FINISHED" and run.data.tags["mcel.model_id"].startswith("m-")
             rid = run.info.run_id
             assert _steps(client, rid, "ber_acc_sub120") == [2, 4] and _steps(client, rid, "ber_acc") == [5]
             assert _steps(client, rid, "clean_acc") == [1, 2, 3, 4, 5]
