@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from typing import Any
 
 import optuna
@@ -91,7 +92,9 @@ class OptunaPruningScheduler(FIFOScheduler):
             # optuna-dashboard lists this study next to the search's: say what it is
             if self._study.user_attrs.get("mcel.role") != INTERNAL_ROLE:
                 self._study.set_user_attr("mcel.role", INTERNAL_ROLE)
-                self._study.set_metric_names([self._metric])
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self._study.set_metric_names([self._metric])
             for frozen in self._study.get_trials(deepcopy=False):
                 key = frozen.user_attrs.get(KEY_ATTR)
                 if key is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ def log_trial_model(run_id: str, checkpoint: Path, example: np.ndarray, tracking
     with tempfile.TemporaryDirectory() as tmp:
         stored = Path(tmp) / "model.pt"  # the name `mcel evaluate models:/...` looks for in a model
         shutil.copyfile(checkpoint, stored)
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
+            # MLflow asks for predict type hints; the signature comes from the input example instead
+            warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=str(CODE_FILE),

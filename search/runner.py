@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -432,7 +433,9 @@ def _search_id(optuna_url: str, study: str) -> str:
     if SEARCH_ID_KEY not in s.user_attrs:
         s.set_user_attr(SEARCH_ID_KEY, uuid.uuid4().hex)
     if s.metric_names != list(OBJECTIVES):  # optuna-dashboard names the objectives, not "0" and "1"
-        s.set_metric_names(list(OBJECTIVES))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            s.set_metric_names(list(OBJECTIVES))
         s.set_user_attr("mcel.role", "search")
     return s.user_attrs[SEARCH_ID_KEY]
 

@@ -222,33 +222,6 @@ def test_an_unknown_run_or_alias_is_one_line(searched, tmp_path, uri: str) -> No
     assert list(tmp_path.iterdir()) == []
 
 
-def test_names_from_mlflow_never_leave_the_target_directory(searched, tmp_path) -> None:
-    """An ``arch`` tag of ``../../x`` (anyone who can write to the tracking server can set one) must not make
-    ``mcel best --download`` or ``mcel report --out`` write outside their directories. Last in this file:
-    it retags the shared search's runs."""
-    uri, _ = searched
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    for run in client.search_runs([exp.experiment_id]):
-        client.set_tag(run.info.run_id, "arch", "../../evil")
-    cli = [sys.executable, "-m", "mcel_search.search.cli"]
-    inner = tmp_path / "a" / "b"
-    inner.mkdir(parents=True)
-    for argv in (
-        ["best", EXPERIMENT, "--download", str(inner / "dl")],
-        ["report", EXPERIMENT, "--out", str(inner / "rep")],
-    ):
-        proc = subprocess.run(
-            [*cli, *argv, "--tracking-uri", uri], capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-    outside = [
-        p for p in tmp_path.rglob("*") if inner not in p.parents and p != inner and p not in inner.parents
-    ]
-    assert outside == [], outside
-    assert list((inner / "dl").rglob("model.pt")) and (inner / "rep" / "report.md").is_file()
-
-
 def test_every_finished_trial_is_an_mlflow_model_that_predicts_like_evaluate(searched, tmp_path) -> None:
     """A registered version loads with ``mlflow.pyfunc.load_model("models:/<name>@<alias>")`` (no pickled
     code: the model is logged from code, the weights are the checkpoint), predicts logits with the logged
@@ -304,3 +277,30 @@ def test_every_finished_trial_is_an_mlflow_model_that_predicts_like_evaluate(sea
     line = next(ln for ln in ev.stdout.splitlines() if ln.strip().startswith("0.0000%"))
     assert float(line.split()[1]) == pytest.approx(100 * accuracy, abs=0.006)
     assert accuracy == pytest.approx(best.loc[0, "clean_acc"], abs=1e-9)  # and what the search logged
+
+
+def test_names_from_mlflow_never_leave_the_target_directory(searched, tmp_path) -> None:
+    """An ``arch`` tag of ``../../x`` (anyone who can write to the tracking server can set one) must not make
+    ``mcel best --download`` or ``mcel report --out`` write outside their directories. Last in this file:
+    it retags the shared search's runs."""
+    uri, _ = searched
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    for run in client.search_runs([exp.experiment_id]):
+        client.set_tag(run.info.run_id, "arch", "../../evil")
+    cli = [sys.executable, "-m", "mcel_search.search.cli"]
+    inner = tmp_path / "a" / "b"
+    inner.mkdir(parents=True)
+    for argv in (
+        ["best", EXPERIMENT, "--download", str(inner / "dl")],
+        ["report", EXPERIMENT, "--out", str(inner / "rep")],
+    ):
+        proc = subprocess.run(
+            [*cli, *argv, "--tracking-uri", uri], capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    outside = [
+        p for p in tmp_path.rglob("*") if inner not in p.parents and p != inner and p not in inner.parents
+    ]
+    assert outside == [], outside
+    assert list((inner / "dl").rglob("model.pt")) and (inner / "rep" / "report.md").is_file()

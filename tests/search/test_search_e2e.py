@@ -169,7 +169,8 @@ def test_search_tracks_every_trial_in_mlflow_and_optuna(
         seeds.add(tuple(sorted({r.split(",")[2] for r in rows})))
         # the curve as the MLflow UI shows it: a figure and a table per finished trial
         names = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"ber_curve.png", "ber_curve_table.json", "model"} <= names, names
+        assert {"ber_curve.png", "ber_curve_table.json"} <= names, names
+        assert client.get_logged_model(run.data.tags["mcel.model_id"]).source_run_id == run.info.run_id
         table = json.loads(
             Path(
                 mlflow.artifacts.download_artifacts(
