@@ -26,6 +26,10 @@ import numpy as np
 
 from ..analysis.queries import MODEL_ID_TAG  # noqa: F401  (the run tag of the logged model's id)
 
+# MLflow asks, at every model logged and loaded, for type hints on ``predict`` to infer a schema from; this
+# model's schema is its logged signature (from the input example), so that advice is noise in every search
+warnings.filterwarnings("ignore", message=r".*type hints to the `predict` method", category=UserWarning)
+
 #: The models-from-code file MLflow copies into every logged model.
 CODE_FILE = Path(__file__).with_name("pyfunc_model_code.py")
 #: Name of the logged model in a run (``runs:/<run>/model``-style references and the LoggedModel's name).
@@ -79,8 +83,7 @@ def log_trial_model(run_id: str, checkpoint: Path, example: np.ndarray, tracking
         stored = Path(tmp) / "model.pt"  # the name `mcel evaluate models:/...` looks for in a model
         shutil.copyfile(checkpoint, stored)
         with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            # MLflow asks for predict type hints; the signature comes from the input example instead
-            warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)  # as above
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=str(CODE_FILE),
