@@ -616,7 +616,7 @@ def test_shipped_policies_and_scripts() -> None:
         ("gcp-setup.sh", {"PROJECT": "p", "BUCKET": "b", "REGION": "us-central1"}),
     ],
 )
-@pytest.mark.parametrize("cidr", ["0.0.0.0/0", "::/0", "203.0.113.7"])
+@pytest.mark.parametrize("cidr", [f"{ALL_INTERFACES}/0", "::/0", "203.0.113.7"])
 def test_setup_scripts_refuse_ssh_from_anywhere(script: str, env: dict, cidr: str, tmp_path: Path) -> None:
     """The check runs before any cloud call: PATH holds no aws/gcloud here, so reaching one would fail
     differently (127, command not found)."""
