@@ -168,8 +168,8 @@ def load_results(
     target_ber: float | None = None,
 ) -> SearchResult:
     """A finished (or running) search's results from MLflow alone: the runs table, the selections and the
-    Optuna studies the parent runs name (``storage.optuna`` of the logged spec, or the default under
-    ``storage.path``). No Tune ResultGrids (they live with the driver that ran the search)."""
+    Optuna studies the parent runs name (their ``mcel.optuna_storage`` tag). No Tune ResultGrids (they
+    live with the driver that ran the search)."""
     from ..core.redact import redact_credentials
 
     df, sels, ber = selections(
