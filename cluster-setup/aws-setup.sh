@@ -17,12 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 : "${BUCKET:?set BUCKET (the S3 bucket name, without s3://)}"
 : "${REGION:?set REGION (cluster.yaml provider.region)}"
-OPERATOR_CIDR=${OPERATOR_CIDR:-$(curl -fsS https://checkip.amazonaws.com | tr -d '[:space:]')/32}
-case "$OPERATOR_CIDR" in
-  0.0.0.0/0 | ::/0) echo "OPERATOR_CIDR=$OPERATOR_CIDR opens SSH to the world; give your own network" >&2; exit 2 ;;
-  */*) ;;
-  *) echo "OPERATOR_CIDR=$OPERATOR_CIDR is not a CIDR (e.g. 203.0.113.7/32)" >&2; exit 2 ;;
-esac
+. "$here/operator-cidr.sh"
 ACCOUNT_ID=$(aws sts get-caller-identity --query Account --output text)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

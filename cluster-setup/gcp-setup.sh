@@ -14,12 +14,8 @@ set -euo pipefail
 : "${PROJECT:?set PROJECT (cluster-gcp.yaml provider.project_id)}"
 : "${BUCKET:?set BUCKET (the GCS bucket name, without gs://)}"
 : "${REGION:?set REGION (cluster-gcp.yaml provider.region)}"
-OPERATOR_CIDR=${OPERATOR_CIDR:-$(curl -fsS https://checkip.amazonaws.com | tr -d '[:space:]')/32}
-case "$OPERATOR_CIDR" in
-  0.0.0.0/0 | ::/0) echo "OPERATOR_CIDR=$OPERATOR_CIDR opens SSH to the world; give your own network" >&2; exit 2 ;;
-  */*) ;;
-  *) echo "OPERATOR_CIDR=$OPERATOR_CIDR is not a CIDR (e.g. 203.0.113.7/32)" >&2; exit 2 ;;
-esac
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/operator-cidr.sh"
 g="gcloud --project=$PROJECT --quiet"
 head=ray-autoscaler-sa-v1@$PROJECT.iam.gserviceaccount.com
 worker=mcel-worker@$PROJECT.iam.gserviceaccount.com
