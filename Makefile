@@ -6,10 +6,12 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: install test test-fast lint format bench demo results clean lock
 
-$(STAMP): pyproject.toml
+## Installs the ranges of pyproject.toml at the exact versions of requirements.lock (the ones the tests
+## passed with; `make lock` rewrites it after a deliberate upgrade).
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -35,8 +37,10 @@ format: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/mcel search configs/quickstart.yaml --resume
 
-## requirements.lock: every version a cluster node installs (cluster.yaml installs with it as constraints).
-lock: $(STAMP)
+## requirements.lock: every version `make install`, CI and a cluster node install (used as constraints).
+## Not through $(STAMP): the lock is what the install reads.
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python cluster-setup/make_lock.py
 
 bench: $(STAMP)

@@ -416,7 +416,7 @@ def format_selection(sel: Selection) -> str:
         "s",
         "m/(2b)",
         "clean %",
-        "ber % ± 95% CI" if use_ci else "ber % ± std",
+        f"acc at {_fmt_ber(sel.target_ber)} % ± " + ("95% CI" if use_ci else "std"),
     )
     tolerable = any(not math.isnan(_num(r, "tolerable_ber")) for _, r in rows)
     if tolerable:

@@ -89,14 +89,15 @@ def metric_name(row: SensitivityRow, what: str = "drop") -> str:
 
 
 def metrics(rows: Sequence[SensitivityRow]) -> dict[str, float]:
-    """MLflow metrics: per tensor the mean drop, the interval ends (when defined) and the worst drop."""
+    """MLflow metrics: per tensor the mean drop, the interval ends (when defined) and the worst drop, as
+    fractions of accuracy like every stored metric (the rows, the table and the figure are in points)."""
     out: dict[str, float] = {}
     for r in rows:
-        out[metric_name(r)] = r.drop
-        out[metric_name(r, "worst")] = r.worst
+        out[metric_name(r)] = r.drop / 100
+        out[metric_name(r, "worst")] = r.worst / 100
         if not math.isnan(r.low):
-            out[metric_name(r, "ci_low")] = r.low
-            out[metric_name(r, "ci_high")] = r.high
+            out[metric_name(r, "ci_low")] = r.low / 100
+            out[metric_name(r, "ci_high")] = r.high / 100
     return out
 
 

@@ -104,6 +104,56 @@ def _summary_json(client: MlflowClient, run_id: str) -> dict[str, Any]:
         return json.loads(Path(path).read_text())
 
 
+#: Summary keys that hold an accuracy (fractions in Selection.summary) and those that hold a BER.
+_ACCURACY_KEYS = {
+    "clean_acc",
+    "clean_acc_std",
+    "ber_acc",
+    "ber_acc_std",
+    "baseline_clean_acc",
+    "baseline_clean_acc_std",
+    "baseline_ber_acc",
+    "baseline_ber_acc_std",
+}
+_BER_KEYS = {"tolerable_ber", "baseline_tolerable_ber", "target_ber"}
+
+
+def human_summary(summary: dict) -> dict:
+    """The report's copy of ``Selection.summary()``: accuracies and BERs in percent, gains in points, NaN
+    left out (the summary itself, for MLflow and the API, stays in fractions)."""
+    out: dict = {}
+    for k, v in summary.items():
+        if isinstance(v, float) and math.isnan(v):
+            continue
+        if k in _ACCURACY_KEYS and isinstance(v, int | float):
+            out[k] = f"{100 * v:.2f}%"
+        elif k in _BER_KEYS and isinstance(v, int | float):
+            out[k] = f"{100 * v:.3g}%"
+        elif k in ("gain_mean", "gain_low", "gain_high") and isinstance(v, int | float):
+            out[k] = f"{v:+.2f} points"
+        elif k == "confidence" and isinstance(v, int | float):
+            out[k] = f"{100 * v:g}%"
+        else:
+            out[k] = v
+    return out
+
+
+def human_front(front: pd.DataFrame, ber: float) -> pd.DataFrame:
+    """The report's Pareto-front table: accuracies and the tolerable BER in percent, headers with units."""
+    out = front.copy()
+    for c in ("clean_acc", "ber_acc", "ber_acc_std", "tolerable_ber"):
+        if c in out:
+            out[c] = 100 * out[c]
+    return out.rename(
+        columns={
+            "clean_acc": "clean %",
+            "ber_acc": f"acc at BER {100 * ber:g}% (%)",
+            "ber_acc_std": "std (points)",
+            "tolerable_ber": "tolerable BER %",
+        }
+    )
+
+
 def report_command(
     experiment: str, out_dir: str | os.PathLike, *, tracking_uri: str | None = None, **kwargs: Any
 ) -> Path:
@@ -153,7 +203,7 @@ def report_command(
             sel.baseline["run_id"] if sel.baseline is not None else None,
             sel.row["run_id"] if sel.row is not None else None,
             fig_dir / "pareto.png",
-            title=f"{name}: clean accuracy vs accuracy at BER {ber:g}",
+            title=f"{name}: clean accuracy vs accuracy at BER {100 * ber:g}%",
         )
         figures["Pareto front (clean accuracy vs accuracy under bit errors)"] = fig_dir / "pareto.png"
         parent = _parent_run(client, runs)
@@ -180,10 +230,8 @@ def report_command(
             ReportSection(
                 title=f"{sel.group.get('dataset')} / {sel.group.get('arch')} / {sel.group.get('bits')}-bit"
                 f"{_protocol_suffix(sel)}",
-                summary={
-                    k: v for k, v in sel.summary().items() if not (isinstance(v, float) and math.isnan(v))
-                },
-                front=sel.front[front_cols],
+                summary=human_summary(sel.summary()),
+                front=human_front(sel.front[front_cols], ber),
                 figures=figures,
                 notes=[sel.verdict()],
             )

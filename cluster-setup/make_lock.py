@@ -1,10 +1,11 @@
 """Write ``requirements.lock``: every distribution a cluster node installs, pinned (``make lock``).
 
-Resolves ``-e . "ray[default,tune]==<project pin>"`` with pip's resolver without installing anything
+Resolves ``-e ".[dev]" "ray[default,tune]<the project's range>"`` with pip's resolver without installing anything
 (``pip install --dry-run --ignore-installed --report``) and writes one ``name==version`` line per
-distribution, the project itself left out. The nodes install with it as a constraints file (``pip
-install -c requirements.lock -e ~/mcel-search "ray[default,tune]==..."``), so every worker gets the head's
-versions instead of resolving unpinned transitive dependencies on its own; a distribution a node's Python
+distribution, the project itself left out. ``make install``, ``.ci/run`` and the cluster nodes install with it
+as a constraints file (``pip install -c requirements.lock -e ...``), so a fresh machine and every worker get
+the versions the tests passed with instead of resolving the ranges of ``pyproject.toml`` on their own (the
+development tools are pinned too: constraints only pin what is installed, so the nodes skip them); a distribution a node's Python
 needs that this resolution did not (an environment marker) is still installed, unpinned.
 """
 
@@ -22,14 +23,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def project_ray_pin() -> str:
+def project_ray_range() -> str:
+    """The version specifier of the project's Ray requirement, e.g. ``>=2.60,<2.61``."""
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (pin,) = [d for d in deps if re.match(r"ray(\[|==)", d)]
-    return pin.split("==")[1]
+    (req,) = [d for d in deps if re.match(r"ray(\[|[<>=!~])", d)]
+    return re.sub(r"^ray(\[[^\]]*\])?", "", req).strip()
 
 
 def main() -> int:
-    ray = f"ray[default,tune]=={project_ray_pin()}"
+    ray = f"ray[default,tune]{project_ray_range()}"
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.json"
         subprocess.run(
@@ -44,7 +46,7 @@ def main() -> int:
                 "--report",
                 str(report),
                 "-e",
-                str(ROOT),
+                f"{ROOT}[dev]",
                 ray,
             ],
             check=True,
@@ -56,8 +58,8 @@ def main() -> int:
     )
     header = [
         "# Every distribution a cluster node installs, pinned: `make lock` (cluster-setup/make_lock.py) writes it.",
-        f"# Resolved for: -e . {ray}; Python {platform.python_version()}, {sys.platform} {platform.machine()}.",
-        "# Used as a constraints file: pip install -c requirements.lock -e ~/mcel-search 'ray[default,tune]==...'",
+        f"# Resolved for: -e .[dev] {ray}; Python {platform.python_version()}, {sys.platform} {platform.machine()}.",
+        "# Used as a constraints file (make install, .ci/run, cluster.yaml): pip install -c requirements.lock -e ...",
     ]
     (ROOT / "requirements.lock").write_text("\n".join(header + [f"{n}=={v}" for n, v in pins]) + "\n")
     print(f"requirements.lock: {len(pins)} pins")

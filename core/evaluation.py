@@ -219,6 +219,6 @@ def format_sweep_table(result: BerSweepResult) -> str:
     lines = [f"{'BER':>10}  {'mean %':>8}  {'std %':>7}  {'min %':>7}  {'reps':>4}"]
     for s in result.summary:
         lines.append(
-            f"{s.ber:>10.4%}  {100 * s.mean:>8.2f}  {100 * s.std:>7.2f}  {100 * s.min:>7.2f}  {s.reps:>4}"
+            f"{f'{100 * s.ber:.4g}%':>10}  {100 * s.mean:>8.2f}  {100 * s.std:>7.2f}  {100 * s.min:>7.2f}  {s.reps:>4}"
         )
     return "\n".join(lines)

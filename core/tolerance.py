@@ -110,7 +110,7 @@ def find_tolerable_ber(
         if ber not in measured:
             accs = [float(a) for a in measure(ber)]
             if not accs:
-                raise BadInputError(f"no accuracies measured at BER {ber}")
+                raise BadInputError(f"no accuracies measured at BER {100 * ber:.3g}%")
             measured[ber] = accs
         return sum(measured[ber]) / len(measured[ber])
 
@@ -200,7 +200,7 @@ def model_tolerable_ber(
             accs = curve.accuracies(s.ber)
             if len(accs) != reps:
                 raise BadInputError(
-                    f"the given curve has {len(accs)} realizations at BER {s.ber}, not {reps}"
+                    f"the given curve has {len(accs)} realizations at BER {100 * s.ber:g}%, not {reps}"
                 )
             if s.ber == 0.0 and (p10 is None or p10 == 0.0):
                 clean = accs[0]

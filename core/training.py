@@ -280,13 +280,7 @@ class Trainer:
 
 
 def _progress(iterable: DataLoader, label: str):
-    """A dependency-free progress bar on stderr."""
-    import sys
+    """tqdm's bar on stderr over the epoch's batches (``label``: "epoch k/n"); it leaves the finished bar."""
+    from tqdm.auto import tqdm
 
-    total = len(iterable)
-    for i, item in enumerate(iterable, 1):
-        yield item
-        done = int(30 * i / total)
-        sys.stderr.write(f"\r{label} [{'#' * done}{'.' * (30 - done)}] {i}/{total}")
-        sys.stderr.flush()
-    sys.stderr.write("\n")
+    return tqdm(iterable, desc=label, total=len(iterable), unit="batch", leave=True, dynamic_ncols=True)

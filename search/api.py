@@ -115,6 +115,7 @@ def run_search(
     ray_address: str | None = None,
     num_cpus: int | None = None,
     verbose: int = 0,
+    progress: bool = False,
     rule: str = "constraint",
     max_clean_drop: float = 1.0,
     **overrides: Any,
@@ -123,7 +124,7 @@ def run_search(
 
     ``tracking_uri`` / ``storage_path`` override the spec's (as ``mcel search --tracking-uri/--storage``);
     ``ray_address`` joins an existing cluster, else a local Ray of ``num_cpus`` is started; ``verbose`` is
-    Ray Tune's (0: quiet); ``rule`` and ``max_clean_drop`` pick the selected point per group. Raises
+    Ray Tune's (0: quiet); ``progress=True`` draws ``mcel search``'s compact live view on stderr; ``rule`` and ``max_clean_drop`` pick the selected point per group. Raises
     ``SpecError`` (every bad field), ``NoResultError`` (a study without a completed trial), and whatever
     ``mcel search`` would exit non-zero for.
     """
@@ -141,6 +142,7 @@ def run_search(
         ray_address=ray_address,
         num_cpus=num_cpus,
         verbose=verbose,
+        progress=progress,
     )
     empty = [s.study for s in outcome.studies if not any(t["state"] == "completed" for t in s.trials)]
     if empty:

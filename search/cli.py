@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import re
 import sys
@@ -227,7 +228,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="checkpoint path, or a runs:/<id>/checkpoint/model.pt or models:/<name>@<alias> URI",
     )
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI for runs:/ and models:/ URIs")
-    p.add_argument("--bers", type=_floats, default=[0.0, 0.001, 0.01], help="comma-separated BERs")
+    p.add_argument(
+        "--bers",
+        type=_floats,
+        default=[0.0, 0.001, 0.01],
+        help="comma-separated BERs as fractions in [0, 1] (0.01 = 1%%)",
+    )
     p.add_argument("--reps", type=int, default=10, help="error realizations per BER")
     p.add_argument("--seed", type=int, default=0, help="seed of the realization seed list")
     p.add_argument("--p10", type=float, default=None, help="1->0 flip probability (default: symmetric)")
@@ -360,7 +366,9 @@ def _add_sensitivity(sub: argparse._SubParsersAction) -> None:
         help="accuracy drop per stored tensor (each layer's weights, each faulty bias) when only it is flipped",
     )
     p.add_argument("checkpoint", help="checkpoint path, or a runs:/ or models:/ URI")
-    p.add_argument("--ber", type=float, required=True, help="bit error rate, e.g. 0.01")
+    p.add_argument(
+        "--ber", type=float, required=True, help="bit error rate as a fraction in [0, 1], e.g. 0.01 (= 1%%)"
+    )
     p.add_argument("--reps", type=int, default=10, help="error realizations per tensor (>= 2 for a CI)")
     p.add_argument("--seed", type=int, default=0, help="seed of the realization seed list (as mcel evaluate)")
     p.add_argument("--p10", type=float, default=None, help="1->0 flip probability (default: symmetric)")
@@ -497,7 +505,12 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--storage", default=None, help="Ray Tune storage path (overrides the spec)")
     p.add_argument("--ray-address", default=None, help="an existing Ray cluster (default: start a local one)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
-    p.add_argument("--quiet", action="store_true", help="no Ray progress table")
+    p.add_argument("--quiet", action="store_true", help="no progress view (the plan and the result only)")
+    p.add_argument(
+        "--ray-status",
+        action="store_true",
+        help="Ray Tune's own status block every few seconds instead of the compact progress view",
+    )
     p.set_defaults(func=cmd_search)
 
 
@@ -522,7 +535,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         storage_path=args.storage,
         ray_address=args.ray_address,
         num_cpus=args.num_cpus,
-        verbose=0 if args.quiet else 1,
+        verbose=1 if args.ray_status and not args.quiet else 0,
+        progress=not (args.quiet or args.ray_status),
     )
     from ..analysis.workflow import pareto_summary
 
@@ -584,11 +598,17 @@ def _selection_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--weights", default=None, help="weighted rule: clean_acc=W1,ber_acc=W2")
     p.add_argument(
-        "--target-ber", type=float, default=None, help="BER of the paired comparison (default: the spec's)"
+        "--target-ber",
+        type=float,
+        default=None,
+        help="BER of the paired comparison, a fraction in [0, 1] (0.01 = 1%%; default: the spec's)",
     )
 
 
 def _selection_kwargs(args: argparse.Namespace) -> dict:
+    ber = args.target_ber
+    if ber is not None and not (math.isfinite(ber) and 0.0 <= ber <= 1.0):
+        raise UsageError(f"--target-ber {ber!r}: a bit error rate as a fraction in [0, 1] (0.01 = 1%)")
     return {
         "tracking_uri": args.tracking_uri,
         "arch": args.arch,
@@ -628,7 +648,7 @@ def _add_pareto(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="BER",
         help="also map each selected model's per-tensor sensitivity at this BER (as `mcel sensitivity`) "
-        "and log it into the selected run",
+        "(a fraction in [0, 1], 0.01 = 1%%) and log it into the selected run",
     )
     p.add_argument("--sensitivity-reps", type=int, default=10, help="realizations per tensor (default 10)")
     p.set_defaults(func=cmd_pareto)
@@ -701,7 +721,8 @@ def cmd_best(args: argparse.Namespace) -> int:
         print(f"{row['dataset']} {row['arch']} {int(row['bits'])}-bit: run {row['run_id']}")
         print(f"  margin {row['margin']}, b {row['b']}, logit scale {row['logit_scale']}")
         print(
-            f"  clean {100 * row['clean_acc']:.2f}%, BER acc {100 * row['ber_acc']:.2f} ± {100 * row['ber_acc_std']:.2f}%"
+            f"  clean {100 * row['clean_acc']:.2f}%, at BER {100 * row['target_ber']:g}% "
+            f"{100 * row['ber_acc']:.2f} ± {100 * row['ber_acc_std']:.2f}%"
         )
         print(f"  {row['verdict']}")
         print(f"  checkpoint: {row['checkpoint_uri']}")

@@ -15,9 +15,11 @@ the network's eval-mode forward pass (clean weights: no bit errors).
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,34 +28,55 @@ import numpy as np
 
 from ..analysis.queries import MODEL_ID_TAG  # noqa: F401  (the run tag of the logged model's id)
 
-# MLflow asks, at every model logged and loaded, for type hints on ``predict`` to infer a schema from; this
-# model's schema is its logged signature (from the input example), so that advice is noise in every search
-warnings.filterwarnings("ignore", message=r".*type hints to the `predict` method", category=UserWarning)
-
 #: The models-from-code file MLflow copies into every logged model.
 CODE_FILE = Path(__file__).with_name("pyfunc_model_code.py")
 #: Name of the logged model in a run (``runs:/<run>/model``-style references and the LoggedModel's name).
 MODEL_NAME = "model"
 
 
-class McelLogitsModel(mlflow.pyfunc.PythonModel):
-    """A trained MCEL/CEL network: images in, logits out (module docstring)."""
+#: MLflow's advice, when a PythonModel subclass is created, to type-hint ``predict`` for a schema: this
+#: model's schema is its logged signature (from the input example), so the advice is noise in every search.
+TYPE_HINT_ADVICE = "Add type hints to the `predict` method"
 
-    def load_context(self, context: Any) -> None:
-        from ..core.checkpoint import load_checkpoint
 
-        self.model, self.payload = load_checkpoint(context.artifacts["checkpoint"], device="cpu")
-        self.model.eval()
+@contextlib.contextmanager
+def _without_type_hint_advice() -> Iterator[None]:
+    """Drop :data:`TYPE_HINT_ADVICE` while the block runs. A warnings filter cannot: MLflow wraps its check
+    in ``catch_warnings`` + ``simplefilter("once")``, which outranks every filter installed before; so the
+    display hook skips that one message and passes every other warning through."""
+    shown = warnings.showwarning
 
-    # no type hints here: MLflow reads predict's hints as an input schema (and warns at every log that
-    # ``Any`` is none); the signature comes from the logged input example instead
-    def predict(self, context, model_input, params=None):
-        """``model_input``: float images ``(N, C, H, W)`` (array or tensor) -> logits ``(N, classes)``."""
-        import torch
+    def show(message, category, filename, lineno, file=None, line=None):
+        if TYPE_HINT_ADVICE not in str(message):
+            shown(message, category, filename, lineno, file, line)
 
-        x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
-        with torch.no_grad():
-            return self.model(x).numpy().astype(np.float32)
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
+with _without_type_hint_advice():
+
+    class McelLogitsModel(mlflow.pyfunc.PythonModel):
+        """A trained MCEL/CEL network: images in, logits out (module docstring)."""
+
+        def load_context(self, context: Any) -> None:
+            from ..core.checkpoint import load_checkpoint
+
+            self.model, self.payload = load_checkpoint(context.artifacts["checkpoint"], device="cpu")
+            self.model.eval()
+
+        # no type hints here: MLflow reads predict's hints as an input schema (and warns at every log that
+        # ``Any`` is none); the signature comes from the logged input example instead
+        def predict(self, context, model_input, params=None):
+            """``model_input``: float images ``(N, C, H, W)`` (array or tensor) -> logits ``(N, classes)``."""
+            import torch
+
+            x = torch.as_tensor(np.asarray(model_input, dtype=np.float32))
+            with torch.no_grad():
+                return self.model(x).numpy().astype(np.float32)
 
 
 def requirements() -> list[str]:
@@ -82,8 +105,7 @@ def log_trial_model(run_id: str, checkpoint: Path, example: np.ndarray, tracking
     with tempfile.TemporaryDirectory() as tmp:
         stored = Path(tmp) / "model.pt"  # the name `mcel evaluate models:/...` looks for in a model
         shutil.copyfile(checkpoint, stored)
-        with mlflow.start_run(run_id=run_id), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*type hint", category=UserWarning)  # as above
+        with mlflow.start_run(run_id=run_id), _without_type_hint_advice():
             info = mlflow.pyfunc.log_model(
                 name=MODEL_NAME,
                 python_model=str(CODE_FILE),

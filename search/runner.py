@@ -121,14 +121,14 @@ def plan(spec: SearchSpec, tracking_uri: str, storage_path: str) -> str:
     lines = [
         f"search {spec.name!r} on {spec.data.name}: {len(spec.studies())} studies, "
         f"{spec.trials_per_arch} trials each" + (" + 1 CEL baseline" if spec.baseline.enabled else ""),
-        f"  objectives: clean_acc, ber_acc at BER {spec.objective.target_ber:g} "
+        f"  objectives: clean_acc, ber_acc at BER {100 * spec.objective.target_ber:g}% "
         f"({spec.objective.reps} shared realizations, seed {spec.objective.seed}), both maximized",
         f"  sampler {spec.sampler.name} (seed {spec.sampler.seed}); pruner {spec.pruner.name} on {spec.pruner.metric}",
         f"  protocol {spec.protocol.label}: "
         + ", ".join(f"{k} {v}" for k, v in spec.protocol.to_dict().items() if k != "preset"),
         f"  per trial: {spec.train.epochs} epochs, {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU; "
         f"at most {spec.concurrency} at once; {spec.failure.max_retries} retries",
-        f"  final curve: BERs {', '.join(f'{b:g}' for b in spec.sweep.bers)} x {spec.sweep.reps} realizations; "
+        f"  final curve: BERs {', '.join(f'{100 * b:g}%' for b in spec.sweep.bers)} x {spec.sweep.reps} realizations; "
         f"tolerable BER within {spec.sweep.tolerance:g} points of clean "
         f"({spec.sweep.tolerable_iters} bisection steps, each {spec.sweep.reps} passes)",
         "  space: "
@@ -255,9 +255,14 @@ def run_search(
     storage_path: str | None = None,
     ray_address: str | None = None,
     num_cpus: int | None = None,
-    verbose: int = 1,
+    verbose: int = 0,
+    progress: bool = False,
 ) -> SearchOutcome:
-    """Run (or resume) every study of ``spec``; see the module docstring."""
+    """Run (or resume) every study of ``spec``; see the module docstring.
+
+    ``verbose`` is Ray Tune's own (1: its status block every few seconds); ``progress`` draws the compact
+    view of :mod:`.progress` on stderr instead (``mcel search`` does, unless ``--quiet`` or
+    ``--ray-status``)."""
     import optuna
     from mlflow.tracking import MlflowClient
     from ray import tune
@@ -284,6 +289,8 @@ def run_search(
     if resume:  # a state someone else wrote is refused before Ray or anything else starts
         _verify_stored_state(spec, storage_path)
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # its links carry the URI
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per logged model
+    _quiet_mlflow_info()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")  # snapshot often: a killed driver loses little
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # No result.json / progress.csv / TensorBoard files per trial: MLflow holds the metrics, and writing
@@ -336,7 +343,7 @@ def run_search(
                 trainable=trainable,
                 resume=resume,
                 tune_config=TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
-                callbacks=[logger_cb, guard],
+                callbacks=[logger_cb, guard, *_progress(progress, spec, f"{study}-baseline", 1)],
                 max_failures=spec.failure.max_retries,
                 param_space={"loss": "cel", "logit_scale": spec.baseline.logit_scale or 1.0},
                 verbose=verbose,
@@ -384,7 +391,7 @@ def run_search(
                 # seeds everything it uses and keeps no state in the process between trials.
                 reuse_actors=True,
             ),
-            callbacks=[logger_cb, guard],
+            callbacks=[logger_cb, guard, *_progress(progress, spec, study, spec.trials_per_arch)],
             max_failures=spec.failure.max_retries,
             param_space=None,
             verbose=verbose,
@@ -400,6 +407,23 @@ def run_search(
     return SearchOutcome(
         experiment_id=experiment_id, tracking_uri=tracking_uri, storage_path=storage_path, studies=outcomes
     )
+
+
+def _progress(on: bool, spec: SearchSpec, name: str, total: int) -> list:
+    """``[SearchProgress]`` for the Tune run ``name`` when ``on``, else ``[]``."""
+    if not on:
+        return []
+    from .progress import SearchProgress
+
+    return [
+        SearchProgress(
+            study=name,
+            total=total,
+            epochs=spec.train.epochs,
+            concurrency=min(spec.concurrency, total),
+            target_ber=spec.objective.target_ber,
+        )
+    ]
 
 
 def _verify_stored_state(spec: SearchSpec, storage_path: str) -> None:
@@ -450,6 +474,18 @@ class _MissingTrialFilesFilter(logging.Filter):
         if os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS") != "1":
             return True
         return not record.getMessage().startswith("Failed to fetch metrics for ")
+
+
+#: MLflow loggers whose INFO lines a search prints per finished trial or once per store ("Validating input
+#: example against model signature", "Creating initial MLflow database tables"): warnings still pass.
+MLFLOW_CHATTY_LOGGERS = ("mlflow.pyfunc", "mlflow.models", "mlflow.store.db.utils", "alembic")
+
+
+def _quiet_mlflow_info() -> None:
+    for name in MLFLOW_CHATTY_LOGGERS:
+        log = logging.getLogger(name)
+        if log.getEffectiveLevel() < logging.WARNING:
+            log.setLevel(logging.WARNING)
 
 
 def _quiet_missing_trial_files() -> None:

@@ -42,10 +42,19 @@ DOCS = ROOT / "docs" / "cluster.md"
 PAPER_SPEC = ROOT / "configs" / "paper" / "vgg3-fashionmnist.yaml"
 
 
+def locked_versions() -> dict[str, str]:
+    """requirements.lock as {name: version}."""
+    lock = {}
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            lock[name] = version
+    return lock
+
+
 def project_ray_version() -> str:
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    (pin,) = [d for d in deps if re.match(r"ray(\[|==)", d)]
-    return pin.split("==")[1]
+    """The Ray the project installs: the lock's (pyproject.toml holds the range it must lie in)."""
+    return locked_versions()["ray"]
 
 
 def load(which: str) -> tuple[dict[str, Any], str]:
@@ -657,19 +666,22 @@ def test_docker_variant_is_valid_when_uncommented() -> None:
     assert {".venv", ".git", "mlflow.db", "ray_results"} <= set(ignored)
 
 
-def test_lock_pins_the_projects_dependencies() -> None:
-    lock = {}
-    for line in (ROOT / "requirements.lock").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, version = line.split("==")
-            lock[name] = version
+def test_lock_pins_the_projects_dependencies_inside_their_ranges() -> None:
+    from packaging.requirements import Requirement
+
+    lock = locked_versions()
     assert "mcel-search" not in lock
-    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    deps = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
     for dep in deps:
-        name = re.split(r"[\[<>=~! ]", dep, maxsplit=1)[0].lower()
+        req = Requirement(dep)
+        name = req.name.lower()
         assert name in lock, f"{name} (pyproject) is not in requirements.lock: run make lock"
-        if "==" in dep:
-            assert lock[name] == dep.split("==")[1].split(";")[0].strip(), dep
+        assert req.specifier.contains(lock[name], prereleases=True), (
+            f"lock {name}=={lock[name]} outside {dep}"
+        )
+        # a range, not a pin: the lock pins
+        assert not any(s.operator == "==" for s in req.specifier), dep
     # ray[default] for the dashboard, jobs and the autoscaler on the nodes
     assert {"aiohttp-cors", "opencensus", "py-spy"} <= lock.keys()
 

@@ -1,6 +1,7 @@
 """Contracts of the private APIs of Ray, Optuna and MLflow the product relies on, one test each.
 
-The pins in pyproject.toml fix today's versions; these tests are what a version bump must pass. Each one
+The upper bounds in pyproject.toml and the pins of requirements.lock fix the versions these tests passed
+with; they are what raising a bound (and `make lock`) must pass. Each one
 exercises the private piece the way the product's code does (the module that uses it is named), so an
 upgrade that renames or changes it fails here with the name, not somewhere deep inside a search.
 """

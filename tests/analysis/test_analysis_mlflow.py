@@ -162,7 +162,7 @@ def test_best_download_and_evaluate_from_uri(searched, tmp_path) -> None:
     assert ev_uri.returncode == 0, ev_uri.stderr
     assert not list(scratch.iterdir()), "evaluate models:/ left temporary files behind"
     # evaluating the checkpoint with the search's error seeds reproduces the logged accuracy at BER 2%.
-    line = next(ln for ln in ev_uri.stdout.splitlines() if ln.strip().startswith("2.0000%"))
+    line = next(ln for ln in ev_uri.stdout.splitlines() if ln.strip().startswith("2%"))
     assert float(line.split()[1]) == pytest.approx(100 * best.loc[0, "ber_acc"], abs=0.006)
 
 
@@ -274,7 +274,7 @@ def test_every_finished_trial_is_an_mlflow_model_that_predicts_like_evaluate(sea
         timeout=300,
     )
     assert ev.returncode == 0, ev.stderr
-    line = next(ln for ln in ev.stdout.splitlines() if ln.strip().startswith("0.0000%"))
+    line = next(ln for ln in ev.stdout.splitlines() if ln.strip().startswith("0%"))
     assert float(line.split()[1]) == pytest.approx(100 * accuracy, abs=0.006)
     assert accuracy == pytest.approx(best.loc[0, "clean_acc"], abs=1e-9)  # and what the search logged
 

@@ -432,10 +432,10 @@ def test_format_selection_shows_the_tolerable_ber_column_when_recorded():
 def test_format_selection_marks_every_row_with_the_ci_when_every_row_has_it():
     df = constraint_table().assign(ber_acc_ci=0.012)
     text = format_selection(select(df))
-    assert "ber % ± 95% CI" in text.splitlines()[1]
+    assert "% ± 95% CI" in text.splitlines()[1]
     rows = [ln for ln in text.splitlines()[2:-1] if "±" in ln]
     assert rows and all(ln.split()[-1] == "1.20" for ln in rows)
     # one row without it: the std for every row instead (never two kinds of bars in one table)
     df.loc[df["run_id"] == "cel", "ber_acc_ci"] = NAN
     mixed = format_selection(select(df))
-    assert "ber % ± std" in mixed.splitlines()[1] and "1.20" not in mixed
+    assert "% ± std" in mixed.splitlines()[1] and "1.20" not in mixed

@@ -223,3 +223,13 @@ def test_bit_error_training_at_half_the_bits_learns_nothing() -> None:
     clean.fit()
     assert noisy.history[-1].train_acc < 0.3
     assert clean.history[-1].train_acc > 0.6
+
+
+def test_progress_bar_is_tqdms_and_yields_every_batch(capsys) -> None:
+    """train.progress draws tqdm's bar on stderr and passes every batch through unchanged."""
+    from mcel_search.core.training import _progress
+
+    batches = list(range(7))
+    assert list(_progress(batches, "epoch 1/2")) == batches
+    err = capsys.readouterr().err
+    assert "epoch 1/2" in err and "7/7" in err

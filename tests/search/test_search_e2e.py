@@ -350,6 +350,31 @@ def _mcel_search(
     return subprocess.run(cmd, env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=600)
 
 
+def test_the_default_output_is_the_compact_view_without_noise(tmp_path, small_spec) -> None:
+    """``mcel search`` as a user runs it (no --quiet), its output a log file (no terminal): one line per
+    trial start and end and the study lines, never Ray's repeated status block, MLflow's per-model chatter
+    or anything that looks like a traceback."""
+    spec = small_spec("view", trials_per_arch=2, concurrency=2, train={"epochs": 2, "batch_size": 64})
+    path = tmp_path / "view.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    cmd = [sys.executable, "-m", "mcel_search.search.cli", "search", str(path), "--num-cpus", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    for noise in (
+        "== Status ==",
+        "Downloading artifacts",
+        "Validating input example",
+        "type hints",
+        "Traceback",
+    ):
+        assert noise not in out, (noise, out[-3000:])
+    done = [line for line in proc.stderr.splitlines() if ": done after 2 epochs, clean " in line]
+    assert len(done) == 2, proc.stderr[-3000:]  # the 2 trials (the small spec has no baseline)
+    assert any(line.startswith("view-small_cnn-4b  2/2 done") for line in proc.stderr.splitlines())
+    assert "\r" not in proc.stderr  # nothing redrawn in a log
+
+
 def test_a_local_search_never_joins_another_ray_cluster(tmp_path, small_spec, unused_port) -> None:
     """A Ray cluster of another process runs on this machine and RAY_ADDRESS points at it (as on a login
     node): the local search starts a Ray of its own, so its trials run on a node of that one."""
