@@ -14,6 +14,7 @@ Benchmarks (``--only`` names), each described in its module:
 * ``sweep``, ``memory``, ``scaling`` (:mod:`benchmarks.bench_eval`): BER sweep time overhead and peak
   memory over clean passes; sweep throughput by batch size and threads.
 * ``train`` (:mod:`benchmarks.bench_train`): MCEL vs CEL step, QAT vs float step.
+* ``loader`` (:mod:`benchmarks.bench_loader`): an epoch's batches of in-memory data, fast path vs DataLoader.
 * ``search``, ``pruning`` (:mod:`benchmarks.bench_search`): Ray Tune + Optuna + MLflow overhead over
   in-process trials; epochs saved by pruning on the quickstart search.
 
@@ -81,20 +82,21 @@ def bench_flips_rows(quick: bool, device: torch.device) -> list[Row]:
 
 
 def _benches() -> dict[str, Callable[[bool, torch.device], list[Row]]]:
-    from benchmarks import bench_eval, bench_search, bench_train
+    from benchmarks import bench_eval, bench_loader, bench_search, bench_train
 
     return {
         "flips": bench_flips_rows,
         "sweep": bench_eval.bench_sweep,
         "memory": bench_eval.bench_memory,
         "train": bench_train.bench_train,
+        "loader": bench_loader.bench_loader,
         "scaling": bench_eval.bench_scaling,
         "search": bench_search.bench_search,
         "pruning": bench_search.bench_pruning,
     }
 
 
-NAMES = ("flips", "sweep", "memory", "train", "scaling", "search", "pruning")
+NAMES = ("flips", "sweep", "memory", "train", "loader", "scaling", "search", "pruning")
 
 NOTES = [
     "- Memory (CPU): resident-set high-water mark `VmHWM`, reset right before the measured call "

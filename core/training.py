@@ -10,7 +10,13 @@ Sec. VIII-C): the mean over the epoch's training samples of ``top1(z) - top2(z)`
 
 Reproducibility: the model's initial weights come from :func:`seed_everything` before the model is built;
 the shuffling order of epoch ``e`` comes from a generator seeded with ``derive_seed(seed, e)``, so a run
-resumed at epoch ``e`` sees the same batches as an uninterrupted one. Statistics are accumulated on the
+resumed at epoch ``e`` sees the same batches as an uninterrupted one.
+
+Batches: an in-memory ``TensorDataset`` (every registered data set) with ``num_workers = 0`` is served by
+:class:`TensorBatches`, which indexes the tensors once per batch (``x[idx]``) instead of a ``DataLoader``
+fetching and collating sample by sample: the same permutation drawn from the same generator in the same
+way, so the batches are bit for bit the DataLoader's (``tests/core/test_training.py``) at a fraction of
+the cost (``benchmarks/RESULTS.md``, ``loader``). Anything else goes through a ``DataLoader``. Statistics are accumulated on the
 device and read once per epoch: no host synchronisation per step.
 """
 
@@ -27,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .biterrors import derive_seed, inject_bit_errors
 from .errors import BadInputError, McelError
@@ -188,8 +194,10 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.history: list[EpochStats] = []
 
-    def _loader(self, epoch: int) -> DataLoader:
+    def _loader(self, epoch: int) -> DataLoader | TensorBatches:
         gen = torch.Generator().manual_seed(derive_seed(self.config.seed, epoch))
+        if isinstance(self.train_set, TensorDataset) and self.config.num_workers == 0:
+            return TensorBatches(self.train_set, self.config.batch_size, gen)
         return DataLoader(
             self.train_set,
             batch_size=self.config.batch_size,
@@ -277,6 +285,37 @@ class Trainer:
             EpochStats(**{k: h[k] for k in ("epoch", "train_loss", "train_acc", "mlm", "lr", "seconds")})
             for h in state["history"]
         ]
+
+
+class TensorBatches:
+    """Shuffled batches of a ``TensorDataset``, equal to ``DataLoader(ds, batch_size, shuffle=True,
+    generator=gen)``'s with ``num_workers=0`` and the default collate, by tensor indexing.
+
+    What the DataLoader does with ``gen`` (torch's ``_BaseDataLoaderIter`` and ``RandomSampler``): it first
+    draws one int64 base seed for its workers (``torch.empty((), dtype=torch.int64).random_(generator=gen)``),
+    then the sampler draws ``torch.randperm(n, generator=gen)``; the batches are consecutive chunks of
+    ``batch_size`` indices, the last one shorter (``drop_last=False``). Collating stacks the samples, which
+    equals indexing each tensor with the chunk. The permutation is drawn when iteration starts, as the
+    DataLoader's is.
+    """
+
+    def __init__(self, dataset: TensorDataset, batch_size: int, generator: torch.Generator) -> None:
+        if batch_size < 1:
+            raise BadInputError(f"batch_size={batch_size!r}: must be >= 1")
+        self.tensors = dataset.tensors
+        self.batch_size = batch_size
+        self.generator = generator
+        self.n = len(dataset)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self):
+        torch.empty((), dtype=torch.int64).random_(generator=self.generator)  # the workers' base seed
+        perm = torch.randperm(self.n, generator=self.generator)
+        for start in range(0, self.n, self.batch_size):
+            idx = perm[start : start + self.batch_size]
+            yield tuple(t[idx] for t in self.tensors)
 
 
 def _progress(iterable: DataLoader, label: str):

@@ -233,3 +233,38 @@ def test_progress_bar_is_tqdms_and_yields_every_batch(capsys) -> None:
     assert list(_progress(batches, "epoch 1/2")) == batches
     err = capsys.readouterr().err
     assert "epoch 1/2" in err and "7/7" in err
+
+
+@pytest.mark.parametrize(("n", "batch_size", "seed"), [(10, 3, 0), (64, 64, 1), (1000, 128, 7), (5, 8, 2)])
+def test_tensor_batches_are_the_dataloaders_bit_for_bit(n: int, batch_size: int, seed: int) -> None:
+    """The in-memory fast path yields exactly DataLoader(shuffle=True, generator=...)'s batches."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mcel_search.core.training import TensorBatches
+
+    g = torch.Generator().manual_seed(123)
+    ds = TensorDataset(torch.randn(n, 1, 4, 4, generator=g), torch.randint(0, 10, (n,), generator=g))
+    ref = list(
+        DataLoader(ds, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed))
+    )
+    fast = TensorBatches(ds, batch_size, torch.Generator().manual_seed(seed))
+    got = list(fast)
+    assert len(fast) == len(ref) == len(got)
+    for (xa, ya), (xb, yb) in zip(ref, got, strict=True):
+        assert xa.dtype == xb.dtype and ya.dtype == yb.dtype
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_trainer_uses_the_fast_path_only_for_in_memory_tensors() -> None:
+    from torch.utils.data import DataLoader, Subset, TensorDataset
+
+    from mcel_search.core.training import TensorBatches, TrainConfig, Trainer
+
+    ds = TensorDataset(torch.randn(8, 3), torch.randint(0, 2, (8,)))
+    model = torch.nn.Linear(3, 2)
+    fast = Trainer(model, ds, torch.nn.CrossEntropyLoss(), TrainConfig(epochs=1, device="cpu"))
+    assert isinstance(fast._loader(1), TensorBatches)
+    other = Trainer(
+        model, Subset(ds, [0, 1, 2]), torch.nn.CrossEntropyLoss(), TrainConfig(epochs=1, device="cpu")
+    )
+    assert isinstance(other._loader(1), DataLoader)
