@@ -54,6 +54,11 @@ A complete spec, every key shown (only ``name``, ``dataset``, ``architectures``,
       p10: null                    # 1->0 flip rate if asymmetric (null: = target_ber)
       every: 1                     # measure ber_acc every k epochs (the final epoch always)
       subset: null                 # intermediate epochs use the first `subset` test samples (final: all)
+      estimate: null               # margin_shift: also log the cheap estimate ber_acc_est (clean margins +
+                                   # estimate_reps flipped passes, core.robustness_estimate) next to the full
+                                   # ber_acc at every measured epoch: a diagnostic to validate it on your
+                                   # models; it never replaces ber_acc and no pruner reads it (docs/results.md)
+      estimate_reps: 2             # flipped passes of the estimate, 1..16 (seeds disjoint from reps')
     sweep:                         # BER curve of every completed trial (seed = objective.seed)
       bers: [0.0, 0.001, 0.005, 0.01, 0.02, 0.05]   # target_ber is added if absent; sorted ascending
       reps: 10
@@ -109,6 +114,7 @@ from ..core.errors import BadInputError
 from ..core.params import Param
 from ..core.protocol import CHOICES as PROTOCOL_CHOICES
 from ..core.protocol import DEFAULT, PRESET_NAMES, PRESETS, Protocol, merge_switches, protocol_problems
+from ..core.robustness_estimate import MAX_ESTIMATE_REPS
 from ..core.training import MAX_EPOCHS, MAX_SEED, TrainConfig
 from .optuna_options import (
     PRUNER_ALIASES,
@@ -150,6 +156,14 @@ BITS: tuple[int, ...] = (1, 2, 4, 8, 32)
 SPACE_KINDS: tuple[str, ...] = ("choice", "uniform", "loguniform")
 #: Metrics a pruner can watch -> their direction.
 PRUNER_METRICS: dict[str, str] = {"clean_acc": "max", "ber_acc": "max", "mlm": "max", "train_loss": "min"}
+#: ``objective.estimate`` methods (core.robustness_estimate).
+ESTIMATE_METHODS = ("margin_shift",)
+#: Why the cheap estimate is logged but offered to no pruner (the validation in docs/results.md).
+NOT_A_PRUNER_METRIC = (
+    "the cheap estimate (objective.estimate) is a logged diagnostic, not a pruner metric: it ranked the "
+    "trials of our searches no better than the accuracy of its own flipped passes, and not at all where "
+    "trials are close (docs/results.md); one of clean_acc, ber_acc, mlm, train_loss"
+)
 #: Default BER sweep.
 DEFAULT_BERS: tuple[float, ...] = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05)
 #: Schemes of an MLflow tracking URI (``+driver`` suffixes allowed for the databases).
@@ -213,6 +227,8 @@ class ObjectiveSpec:
     p10: float | None = None  # 1->0 flip rate if asymmetric, in [0, 1]; None: = target_ber
     every: int = 1  # measure ber_acc every k epochs (the final epoch always), >= 1
     subset: int | None = None  # intermediate epochs use the first `subset` test samples; final: all
+    estimate: str | None = None  # "margin_shift": log ber_acc_est next to ber_acc (a diagnostic only)
+    estimate_reps: int = 2  # flipped passes of the estimate, 1..MAX_ESTIMATE_REPS
 
 
 @dataclass(frozen=True)
@@ -564,6 +580,12 @@ def _objective(errs: Errors, value: Any) -> ObjectiveSpec:
         p10=_ber(errs, "objective.p10", raw["p10"], optional=True),
         every=check_int(errs, "objective.every", raw["every"], ge=1, le=MAX_EPOCHS),
         subset=check_int(errs, "objective.subset", raw["subset"], ge=1, le=MAX_SAMPLES, optional=True),
+        estimate=None
+        if raw["estimate"] is None
+        else check_choice(errs, "objective.estimate", raw["estimate"], list(ESTIMATE_METHODS)),
+        estimate_reps=check_int(
+            errs, "objective.estimate_reps", raw["estimate_reps"], ge=1, le=MAX_ESTIMATE_REPS
+        ),
     )
 
 
@@ -625,7 +647,11 @@ def _pruner(errs: Errors, value: Any) -> PrunerSpec:
     name = raw["name"]
     name = PRUNER_ALIASES.get(name, name) if isinstance(name, str) else name
     name = check_choice(errs, "pruner.name", name, [*PRUNERS, *PRUNER_ALIASES])
-    metric = check_choice(errs, "pruner.metric", raw["metric"], list(PRUNER_METRICS))
+    if raw["metric"] == "ber_acc_est":
+        errs.add("pruner.metric", raw["metric"], NOT_A_PRUNER_METRIC)
+        metric = None
+    else:
+        metric = check_choice(errs, "pruner.metric", raw["metric"], list(PRUNER_METRICS))
     mode = check_choice(errs, "pruner.mode", raw["mode"], ["max", "min"])
     if metric is not None and mode is not None and PRUNER_METRICS[metric] != mode:
         errs.add(
@@ -803,6 +829,7 @@ def parse_spec(data: Any, *, source: str = "<dict>", early: Sequence[str] = ()) 
         train = _train(errs, raw.get("train", {}), preset_train)
     objective = _objective(errs, get("objective"))
     sweep = _sweep(errs, get("sweep"), objective.target_ber)
+    pruner = _pruner(errs, get("pruner"))
     trials = (
         check_int(errs, "trials_per_arch", raw["trials_per_arch"], ge=1, le=MAX_TRIALS)
         if "trials_per_arch" in raw
@@ -812,7 +839,7 @@ def parse_spec(data: Any, *, source: str = "<dict>", early: Sequence[str] = ()) 
     spec_kwargs = {
         "resources": _resources(errs, get("resources")),
         "sampler": _sampler(errs, get("sampler")),
-        "pruner": _pruner(errs, get("pruner")),
+        "pruner": pruner,
         "baseline": _baseline(errs, get("baseline")),
         "tracking": _tracking(errs, get("tracking")),
         "storage": _storage(errs, get("storage")),

@@ -394,7 +394,7 @@ class MlflowTrialLogger(Callback):
             and not isinstance(v, bool)
             and math.isfinite(float(v))
             and (
-                k in ("train_loss", "train_acc", "mlm", "lr", "clean_acc", "search_wait_s")
+                k in ("train_loss", "train_acc", "mlm", "lr", "clean_acc", "search_wait_s", "ber_passes")
                 or k.startswith(("ber_acc", "test_margin", "tolerable_ber"))
             )
         ]

@@ -7,7 +7,11 @@ the search machinery's cost inside the trial) and, every
 ``objective.every`` epochs and always at the last, the accuracy under bit errors at the target BER over
 ``objective.reps`` shared realizations: ``ber_acc`` / ``ber_acc_std`` when measured on the full test set,
 ``ber_acc_sub<N>`` / ``ber_acc_sub<N>_std`` when measured on the first N test samples (``objective.subset``,
-intermediate epochs only). The last epoch also computes the BER curve (``sweep.bers`` x ``sweep.reps``) and
+intermediate epochs only). With ``objective.estimate: margin_shift`` every measured epoch also reports the
+cheap estimate ``ber_acc_est`` (``core.robustness_estimate``: clean margins and
+``objective.estimate_reps`` flipped passes; also ``ber_acc_est_gauss``, ``_frac_above``, ``_ratio``,
+``_flip_acc``, ``_logit_shift``), a diagnostic next to the full measurement that no pruner reads. ``ber_passes`` counts the flipped passes the objective has cost this attempt so
+far (the final sweep not counted). The last epoch also computes the BER curve (``sweep.bers`` x ``sweep.reps``) and
 the test-set margins, and carries ``final: True``; a trial without a final result was pruned.
 
 Each report carries a checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format),
@@ -41,6 +45,7 @@ from ..core.evaluation import ber_sweep, cache_batches, evaluate_accuracy, margi
 from ..core.experiment import TrialSpec, build, checkpoint_meta
 from ..core.losses import loss_params
 from ..core.protocol import DEFAULT, Protocol
+from ..core.robustness_estimate import margin_shift_estimate
 from ..core.tolerance import model_tolerable_ber
 from ..core.training import TrainConfig, Trainer, TrainingDivergedError
 from . import faults
@@ -166,6 +171,7 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     replay_final = trainer.epoch >= epochs and bool(trainer.history)
     trial_dir = _trial_dir()
     wait_s = 0.0  # seconds in checkpoint writes and tune.report so far (reported as search_wait_s)
+    passes = 0  # flipped passes of this attempt's objective measurements (reported as ber_passes)
     while replay_final or trainer.epoch < epochs:
         if not replay_final:
             faults.before_epoch(trainer.epoch + 1, trial_dir)
@@ -214,18 +220,40 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
         )
         if final or trainer.epoch % objective.every == 0:
             use_subset = subset is not None and not final
+            batches = subset if use_subset else test
+            if objective.estimate is not None:
+                estimate = margin_shift_estimate(
+                    trainer.model,
+                    batches,
+                    target,
+                    objective.estimate_reps,
+                    objective.seed,
+                    p10,
+                    decode=decode,
+                )
+                metrics.update({k: v for k, v in estimate.as_metrics().items() if np.isfinite(v)})
+                passes += objective.estimate_reps
+            # the full measurement, always (the estimate is logged next to it, never instead)
             if curve is not None and sweep.reps == objective.reps:
                 result = curve  # the final curve holds target_ber (validated) with the objective's seeds
             else:
-                batches = subset if use_subset else test
                 result = ber_sweep(
-                    trainer.model, batches, [target], objective.reps, objective.seed, p10=p10, decode=decode
+                    trainer.model,
+                    batches,
+                    [target],
+                    objective.reps,
+                    objective.seed,
+                    p10=p10,
+                    decode=decode,
                 )
+                passes += objective.reps
             name = f"ber_acc_sub{subset_n}" if use_subset else "ber_acc"
             s = result.at(target)
             metrics[name] = s.mean
             metrics[f"{name}_std"] = s.std
             metrics[f"{name}_min"] = s.min
+        # flipped evaluation passes spent on the objective so far (the final sweep not counted)
+        metrics["ber_passes"] = passes
         with tempfile.TemporaryDirectory() as tmp:
             tmpdir = Path(tmp)
             start = time.perf_counter()

@@ -355,6 +355,13 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("zero-reps", {"objective.reps": 0}, "objective.reps: 0 —"),
     ("zero-every", {"objective.every": 0}, "objective.every: 0 —"),
     ("zero-subset", {"objective.subset": 0}, "objective.subset: 0 —"),
+    ("unknown-estimate", {"objective.estimate": "margin"}, "objective.estimate: 'margin' —"),
+    ("estimate-reps-unbounded", {"objective.estimate_reps": 10**6}, "objective.estimate_reps: 1000000 —"),
+    (
+        "prune-on-the-estimate",
+        {"objective.estimate": "margin_shift", "pruner.metric": "ber_acc_est"},
+        "pruner.metric: 'ber_acc_est' — the cheap estimate (objective.estimate) is a logged diagnostic",
+    ),
     ("zero-sweep-reps", {"sweep.reps": 0}, "sweep.reps: 0 —"),
     ("zero-tolerance", {"sweep.tolerance": 0}, "sweep.tolerance: 0 —"),
     ("tolerance-above-100", {"sweep.tolerance": 150}, "sweep.tolerance: 150 —"),

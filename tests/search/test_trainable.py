@@ -262,6 +262,32 @@ def test_ber_acc_measured_every_epoch_with_separate_objective_reps(monkeypatch, 
     assert summary["ber_curve"][0]["reps"] == 3
 
 
+def test_estimate_is_logged_next_to_the_full_measurement(monkeypatch, tmp_path) -> None:
+    """objective.estimate: ber_acc_est at every measured epoch next to the full ber_acc, which it never
+    replaces; ber_passes counts the objective's flipped passes."""
+    from mcel_search.core.evaluation import cache_batches
+    from mcel_search.core.robustness_estimate import margin_shift_estimate
+
+    objective = {**SPEC["objective"], "every": 1, "estimate": "margin_shift", "estimate_reps": 3}
+    context = context_of({"train": {**SPEC["train"], "epochs": 3}, "objective": objective})
+    reports = run_trial(monkeypatch, tmp_path, MCEL, context)
+    assert [r.metrics["epoch"] for r in reports] == [1, 2, 3]
+    for r in reports:
+        assert 0.0 <= r.metrics["ber_acc_est"] <= 1.0 and r.metrics["ber_acc_est_logit_shift"] > 0
+    assert all(0.0 <= r.metrics["ber_acc"] <= 1.0 for r in reports)
+    # 3 estimate passes per epoch and the full 2-rep measurement at epochs 1-2 (the final epoch's ber_acc
+    # comes from its sweep: sweep.reps == objective.reps)
+    assert [r.metrics["ber_passes"] for r in reports] == [5, 10, 13]
+    # the reported estimate is the estimate of the final model, recomputed here
+    model, _ = load_checkpoint(reports[-1].files[MODEL_FILE])
+    spec = trial_spec(MCEL, context)
+    from mcel_search.core.experiment import build
+
+    _, _, data = build(spec)
+    again = margin_shift_estimate(model, cache_batches(data.test, torch.device("cpu")), 0.01, 3, 0)
+    assert reports[-1].metrics["ber_acc_est"] == pytest.approx(again.value, abs=1e-9)
+
+
 def test_resumes_from_a_checkpoint_and_replays_a_final_one(
     monkeypatch, tmp_path, reports: list[Report]
 ) -> None:
