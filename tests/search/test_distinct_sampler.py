@@ -55,16 +55,59 @@ def test_same_seed_same_trials_and_new_proposals_pass_through() -> None:
     assert a[:first_repeat] == bare[:first_repeat]  # unchanged until the bare sampler would repeat
 
 
-def test_distinct_wraps_only_small_discrete_single_loss_spaces() -> None:
+def test_distinct_wraps_only_small_discrete_spaces() -> None:
     base = optuna.samplers.TPESampler(seed=0)
     choice = {"margin": ParamSpace("choice", (1.0, 2.0)), "b": ParamSpace("choice", (4.0, 8.0))}
     wrapped = distinct(base, ("mcel",), {**choice, "logit_scale": ParamSpace("choice", (1.0,))}, 0)
-    assert isinstance(wrapped, DistinctSampler) and wrapped.choices == {"margin": (1.0, 2.0), "b": (4.0, 8.0)}
+    assert isinstance(wrapped, DistinctSampler)
+    assert sorted((c["margin"], c["b"]) for c in wrapped.combos) == [
+        (1.0, 4.0),
+        (1.0, 8.0),
+        (2.0, 4.0),
+        (2.0, 8.0),
+    ]
     ranged = {**choice, "b": ParamSpace("uniform", low=1.0, high=8.0)}
     assert distinct(base, ("mcel",), ranged, 0) is base  # a continuous parameter: never repeats exactly
-    assert distinct(base, ("mcel", "cel"), choice, 0) is base  # several losses: a conditional space
+    # several losses: a conditional space, CEL (nothing searched) is one combination, MCEL's are 4
+    both = distinct(base, ("mcel", "cel"), choice, 0)
+    assert isinstance(both, DistinctSampler) and len(both.combos) == 5
+    assert {"loss": "cel"} in both.combos and {"loss": "mcel", "margin": 2.0, "b": 8.0} in both.combos
     huge = {
         "margin": ParamSpace("choice", tuple(range(200))),
         "b": ParamSpace("choice", tuple(range(1, 200))),
     }
     assert distinct(base, ("mcel",), huge, 0) is base
+
+
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_no_repeats_across_losses_of_a_conditional_space(name: str) -> None:
+    """CEL (no parameter searched) and MCEL (margin x b): the search's own define-by-run space; without the
+    wrapper CEL is proposed again and again (each time the same network), with it once."""
+    from mcel_search.search.searcher import SearchSpace
+
+    space = {
+        "margin": ParamSpace("choice", (1.0, 2.0, 4.0)),
+        "b": ParamSpace("choice", (4.0, 8.0)),
+        "logit_scale": ParamSpace("choice", (1.0,)),
+    }
+    define = SearchSpace(("cel", "mcel"), space)
+
+    def run(sampler: optuna.samplers.BaseSampler, n: int) -> list[frozenset]:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            study = optuna.create_study(directions=["maximize", "maximize"], sampler=sampler)
+
+            def objective(trial: optuna.Trial) -> tuple[float, float]:
+                define(trial)
+                return (1.0 if trial.params["loss"] == "cel" else 0.5), trial.params.get("margin", 0.0)
+
+            study.optimize(objective, n_trials=n)
+        return [frozenset(t.params.items()) for t in study.trials]
+
+    bare = [run(SAMPLERS[name](seed), 7) for seed in range(3)]
+    assert any(len(c) > len(set(c)) for c in bare), "precondition: the bare sampler repeats here"
+    for seed in range(3):
+        seven = run(distinct(SAMPLERS[name](seed), ("cel", "mcel"), space, seed), 7)
+        assert len(set(seven)) == 7, seven  # the whole space: 1 CEL + 6 MCEL, each once
+        assert sum(1 for c in seven if ("loss", "cel") in c) == 1
