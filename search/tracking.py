@@ -43,7 +43,7 @@ import contextlib
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,27 @@ def _param_value(value: Any) -> str:
 def ber_metric_name(kind: str, ber: float) -> str:
     """``ber_acc_at_0.01``-style metric name for a BER curve point (``kind`` is ber_acc, ber_acc_std, ...)."""
     return f"{kind}_at_{ber:g}"
+
+
+#: Per-epoch result keys logged as MLflow metrics (besides ``epoch``): these names, and these prefixes.
+EPOCH_METRIC_KEYS = ("train_loss", "train_acc", "mlm", "lr", "clean_acc", "search_wait_s", "ber_passes")
+EPOCH_METRIC_PREFIXES = ("ber_acc", "test_margin", "tolerable_ber")
+
+
+def _epoch_metrics(result: Mapping[str, Any], ts: int, step: int) -> list[Metric]:
+    """The MLflow metrics of one epoch's result (finite numbers of :data:`EPOCH_METRIC_KEYS` and
+    :data:`EPOCH_METRIC_PREFIXES`) plus ``epoch``, all at ``step``."""
+    metrics = [
+        Metric(k, float(v), ts, step)
+        for k, v in result.items()
+        if k not in EPOCH_METRICS_SKIP
+        and isinstance(v, int | float)
+        and not isinstance(v, bool)
+        and math.isfinite(float(v))
+        and (k in EPOCH_METRIC_KEYS or k.startswith(EPOCH_METRIC_PREFIXES))
+    ]
+    metrics.append(Metric("epoch", float(step), ts, step))
+    return metrics
 
 
 class MlflowTrialLogger(Callback):
@@ -383,23 +404,19 @@ class MlflowTrialLogger(Callback):
         if result.get("diverged"):
             return
         step = int(result.get("epoch", result.get("training_iteration", 0)))
+        ts = int(result.get("timestamp", 0) * 1000) or 0
+        # epochs reported before a driver died but never delivered: the resumed trial carries them
+        for entry in sorted(result.get("backfill") or (), key=lambda e: int(e.get("epoch", 0))):
+            earlier = int(entry.get("epoch", 0))
+            if self._last_step.get(run_id, 0) < earlier < step:
+                self._log_step(run_id, earlier, _epoch_metrics(entry, ts, earlier))
         if step <= self._last_step.get(run_id, 0):
             return  # already logged (a retry or a resumed search replays epochs from its last checkpoint)
-        ts = int(result.get("timestamp", 0) * 1000) or 0
-        metrics = [
-            Metric(k, float(v), ts, step)
-            for k, v in result.items()
-            if k not in EPOCH_METRICS_SKIP
-            and isinstance(v, int | float)
-            and not isinstance(v, bool)
-            and math.isfinite(float(v))
-            and (
-                k in ("train_loss", "train_acc", "mlm", "lr", "clean_acc", "search_wait_s", "ber_passes")
-                or k.startswith(("ber_acc", "test_margin", "tolerable_ber"))
-            )
-        ]
-        if step > self._last_step.get(run_id, 0):
-            metrics.append(Metric("epoch", float(step), ts, step))
+        self._log_step(run_id, step, _epoch_metrics(result, ts, step))
+
+    def _log_step(self, run_id: str, step: int, metrics: list[Metric]) -> None:
+        """``metrics`` of epoch ``step`` in one ``log_batch``, at most once (an attempt that failed in
+        flight is checked against the run's ``epoch`` history first); advances the run's last step."""
         if metrics and (run_id, step) in self._uncertain:
             # an earlier attempt failed in flight: the server may have stored it already
             logged = self.client.get_metric_history(run_id, "epoch")

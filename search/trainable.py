@@ -53,6 +53,8 @@ from .searcher import NUMBER_KEY
 from .spec import DataSpec, ObjectiveSpec, SweepSpec
 
 TRAINER_FILE = "trainer.pt"
+#: Key in trainer.pt of the scalar results of every epoch so far (a resumed trial's ``backfill``).
+REPORTED_KEY = "reported"
 #: One batch of input images a finished trial leaves in its last checkpoint: the logged MLflow Model's
 #: signature and input example (``search.pyfunc``; the tracker logs it).
 INPUT_EXAMPLE_FILE = "input_example.npy"
@@ -154,11 +156,12 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     trainer = Trainer(model, data.train, loss_fn, spec.train)
     device = device_label(trainer.device)  # reported with every result: MLflow tag mcel.device
     checkpoint = tune.get_checkpoint()
+    reported: list[dict[str, float]] = []  # every epoch's scalar results so far (kept in trainer.pt)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            trainer.load_state_dict(
-                torch.load(Path(d) / TRAINER_FILE, map_location=trainer.device, weights_only=True)
-            )
+            state = torch.load(Path(d) / TRAINER_FILE, map_location=trainer.device, weights_only=True)
+            reported = list(state.pop(REPORTED_KEY, []))
+            trainer.load_state_dict(state)
     test = cache_batches(data.test, trainer.device)
     subset_n = objective.subset
     subset = _first_samples(test, subset_n) if subset_n else None
@@ -172,6 +175,7 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     trial_dir = _trial_dir()
     wait_s = 0.0  # seconds in checkpoint writes and tune.report so far (reported as search_wait_s)
     passes = 0  # flipped passes of this attempt's objective measurements (reported as ber_passes)
+    backfilled = False  # whether this attempt's first report carried the earlier epochs (backfill)
     while replay_final or trainer.epoch < epochs:
         if not replay_final:
             faults.before_epoch(trainer.epoch + 1, trial_dir)
@@ -254,10 +258,16 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
             metrics[f"{name}_min"] = s.min
         # flipped evaluation passes spent on the objective so far (the final sweep not counted)
         metrics["ber_passes"] = passes
+        if start_epoch and not backfilled:
+            # a resumed attempt's first report carries the epochs before it: a driver that died may have
+            # received them without delivering them to MLflow (the tracker logs those it lacks)
+            metrics["backfill"] = [r for r in reported if r["epoch"] < trainer.epoch]
+            backfilled = True
+        reported = [r for r in reported if r["epoch"] < trainer.epoch] + [_scalars(metrics)]
         with tempfile.TemporaryDirectory() as tmp:
             tmpdir = Path(tmp)
             start = time.perf_counter()
-            torch.save(trainer.state_dict(), tmpdir / TRAINER_FILE)
+            torch.save({**trainer.state_dict(), REPORTED_KEY: reported}, tmpdir / TRAINER_FILE)
             wait_s += time.perf_counter() - start
             if final:
                 margins = margin_statistics(trainer.model, test)
@@ -302,6 +312,15 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
             save_checkpoint(tmpdir / MODEL_FILE, trainer.model, meta, durable=False)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             wait_s += time.perf_counter() - start
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    """The finite numbers of one epoch's result (bools and NaN left out), ``epoch`` included."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v):
+            out[k] = float(v)
+    return out
 
 
 def _tolerable(model, test: list, curve, context: TrialContext):

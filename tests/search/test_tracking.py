@@ -140,3 +140,36 @@ def test_mlflow_background_sender_keeps_order_and_surfaces_errors_in_the_driver(
     clone.flush(final=True)
     clone.close()
     assert client.tags[-1] == "27"
+
+
+def test_a_resumed_trial_backfills_epochs_a_dead_driver_never_delivered(tmp_path) -> None:
+    """The driver received epochs 1-2 of a trial but died having delivered only epoch 1 to MLflow; the
+    resumed trial's first result (epoch 3) carries epochs 1-2 as ``backfill``: the new driver's logger
+    logs epoch 2 from it, skips epoch 1 (already there) and logs epoch 3, each exactly once."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from mcel_search.search.searcher import NUMBER_KEY
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("backfill")
+    parent = client.create_run(exp, run_name="parent").info.run_id
+    trial = SimpleNamespace(trial_id="t0", config={NUMBER_KEY: 0, "loss": "cel", "logit_scale": 1.0})
+
+    def logger() -> MlflowTrialLogger:
+        return MlflowTrialLogger(uri, exp, parent, "study", {"arch": "a", "bits": "4"}, {}, background=False)
+
+    epochs = {e: {"epoch": e, "train_loss": 1.0 / e, "clean_acc": 0.5 + e / 10} for e in (1, 2, 3)}
+    first = logger()
+    first._trial_result(trial, epochs[1])  # delivered; epoch 2 was received but never delivered
+    second = logger()  # the resumed search's driver: no state, the run found by its key
+    second._trial_result(trial, {**epochs[3], "start_epoch": 2, "backfill": [epochs[1], epochs[2]]})
+    run_id = first.run_id(trial)
+    assert second.run_id(trial) == run_id
+    for key in ("train_loss", "clean_acc", "epoch"):
+        history = client.get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == [1, 2, 3], (key, history)
+    got = {m.step: m.value for m in client.get_metric_history(run_id, "clean_acc")}
+    assert got == pytest.approx({e: 0.5 + e / 10 for e in (1, 2, 3)})

@@ -299,12 +299,18 @@ def test_resumes_from_a_checkpoint_and_replays_a_final_one(
     # resuming is exact: the same weights as the uninterrupted run (same shuffling, same optimizer state)
     for key in ("clean_acc", "ber_acc", "train_loss", "lr"):
         assert resumed.metrics[key] == pytest.approx(last.metrics[key]), key
+    # its first report carries epoch 1 as reported then (for a tracker that never got it: backfill)
+    (earlier,) = resumed.metrics["backfill"]
+    assert earlier["epoch"] == 1 and earlier["clean_acc"] == first.metrics["clean_acc"]
+    assert earlier["train_loss"] == first.metrics["train_loss"]
 
     # restored after its last epoch: the final result is reported again from the trained weights, untrained
     final_dir = last.files[TRAINER_FILE].parent
     (replayed,) = run_trial(monkeypatch, tmp_path / "replayed", MCEL, context_of(), resume_from=final_dir)
     assert replayed.metrics["start_epoch"] == 2 and replayed.metrics["epoch"] == 2
     assert replayed.metrics["final"] is True
+    assert [e["epoch"] for e in replayed.metrics["backfill"]] == [1]
+    assert "backfill" not in first.metrics and "backfill" not in last.metrics  # not resumed: nothing to carry
     for key in ("clean_acc", "ber_acc", "train_loss", "lr"):
         assert replayed.metrics[key] == pytest.approx(last.metrics[key]), key
 
