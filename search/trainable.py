@@ -145,8 +145,33 @@ def trial_spec(config: dict[str, Any], context: TrialContext) -> TrialSpec:
     )
 
 
+def quiet_sigterm_exit() -> None:
+    """Drop Python's "Exception ignored" report of a ``SystemExit`` raised in a place that cannot raise.
+
+    At the end of a search Ray stops its worker processes with SIGTERM; Ray's handler raises ``SystemExit``
+    wherever the process is, and inside a weakref callback Python prints that as an "Exception ignored ...
+    Traceback" on stderr, which Ray forwards to the driver's terminal: noise that reads like a failure after
+    a search that succeeded. A ``SystemExit`` is the exit that was asked for, so ``sys.unraisablehook``
+    skips it; every other unraisable exception goes to the previous hook as before. Idempotent.
+    """
+    import sys
+
+    previous = sys.unraisablehook
+    if getattr(previous, "_mcel_quiet_exit", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(getattr(unraisable, "exc_value", None), SystemExit):
+            return
+        previous(unraisable)
+
+    hook._mcel_quiet_exit = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable; ``context`` is bound with ``tune.with_parameters``."""
+    quiet_sigterm_exit()
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "Checkpoint successfully created" per epoch
     torch.set_num_threads(max(1, int(context.cpus)))
     _require_gpu(context.gpus, context.train.device)

@@ -394,6 +394,9 @@ def test_a_local_search_never_joins_another_ray_cluster(tmp_path, small_spec, un
             f"--temp-dir={temp}",
             "--include-dashboard=false",
         ],
+        # token auth stated, not autodetected: a client connecting to an existing cluster enables it only
+        # when it finds a token itself, which failed on this machine with ~/.ray/auth_token present
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -405,7 +408,7 @@ def test_a_local_search_never_joins_another_ray_cluster(tmp_path, small_spec, un
         while node is None and time.monotonic() < deadline:
             got = subprocess.run(
                 [sys.executable, "-c", probe],
-                env={**os.environ, "RAY_ADDRESS": address},
+                env={**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"},
                 capture_output=True,
                 text=True,
                 timeout=120,

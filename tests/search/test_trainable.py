@@ -327,3 +327,33 @@ def test_divergence_ends_the_trial_with_one_diverged_report(monkeypatch, tmp_pat
     # every metric a searcher or scheduler reads is present (NaN), as Tune demands
     for key in ("train_loss", "train_acc", "mlm", "clean_acc", "ber_acc", "ber_acc_std"):
         assert math.isnan(m[key]), key
+
+
+def test_a_systemexit_in_a_weakref_callback_prints_nothing_with_the_quiet_hook() -> None:
+    """What Ray's SIGTERM at shutdown does to a trial worker (SystemExit inside a weakref callback): Python
+    reports it as "Exception ignored ... Traceback" unless the trainable's hook is installed; any other
+    unraisable exception is still reported."""
+    import subprocess
+    import sys
+
+    script = """
+import weakref, sys
+{install}
+class A: pass
+def boom(_):
+    raise {exc}
+a = A(); r = weakref.ref(a, boom); del a
+print("end")
+"""
+    install = "from mcel_search.search.trainable import quiet_sigterm_exit; quiet_sigterm_exit(); quiet_sigterm_exit()"
+
+    def run(exc: str, hook: bool) -> subprocess.CompletedProcess:
+        code = script.format(install=install if hook else "", exc=exc)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
+    bare = run("SystemExit(1)", hook=False)
+    assert "Exception ignored" in bare.stderr and "SystemExit" in bare.stderr  # the noise, without the hook
+    quiet = run("SystemExit(1)", hook=True)
+    assert quiet.stdout.strip() == "end" and quiet.stderr == ""
+    other = run("ValueError('real')", hook=True)
+    assert "Exception ignored" in other.stderr and "ValueError: real" in other.stderr
