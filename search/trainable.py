@@ -10,8 +10,9 @@ the search machinery's cost inside the trial) and, every
 intermediate epochs only). With ``objective.estimate: margin_shift`` every measured epoch also reports the
 cheap estimate ``ber_acc_est`` (``core.robustness_estimate``: clean margins and
 ``objective.estimate_reps`` flipped passes; also ``ber_acc_est_gauss``, ``_frac_above``, ``_ratio``,
-``_flip_acc``, ``_logit_shift``), a diagnostic next to the full measurement that no pruner reads. ``ber_passes`` counts the flipped passes the objective has cost this attempt so
-far (the final sweep not counted). The last epoch also computes the BER curve (``sweep.bers`` x ``sweep.reps``) and
+``_flip_acc``, ``_logit_shift``), a diagnostic next to the full measurement that no pruner reads.
+``ber_passes`` counts the flipped passes the objective has cost this attempt so far (the final sweep not
+counted). The last epoch also computes the BER curve (``sweep.bers`` x ``sweep.reps``) and
 the test-set margins, and carries ``final: True``; a trial without a final result was pruned.
 
 Each report carries a checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format),
