@@ -396,7 +396,10 @@ def run_search(
             param_space=None,
             verbose=verbose,
         )
-        grid = _fit(tuner, guard, logger_cb, study, experiment_dir(storage_path, study))
+        try:
+            grid = _fit(tuner, guard, logger_cb, study, experiment_dir(storage_path, study))
+        finally:
+            _flush_pruning(scheduler)
         _reconcile_optuna(optuna_url, study, grid)
         client.set_tag(parent, "mcel.state", "finished")
         client.set_terminated(parent, "FINISHED")
@@ -407,6 +410,19 @@ def run_search(
     return SearchOutcome(
         experiment_id=experiment_id, tracking_uri=tracking_uri, storage_path=storage_path, studies=outcomes
     )
+
+
+def _flush_pruning(scheduler: Any) -> None:
+    """Write the pruning study's last records (they follow the decisions behind); a database that stays
+    away costs only those records (a resumed search refills them from its trials' backfill): a warning."""
+    from .pruning import PruningStoreError
+
+    try:
+        scheduler.flush(final=True)
+    except PruningStoreError as exc:
+        logger.warning("%s", exc)
+    finally:
+        scheduler.close()
 
 
 def _progress(on: bool, spec: SearchSpec, name: str, total: int) -> list:

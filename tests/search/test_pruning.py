@@ -4,6 +4,7 @@ objects with the two attributes the scheduler reads: ``config`` and ``trial_id``
 from __future__ import annotations
 
 import pickle
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
-from mcel_search.search.pruning import OptunaPruningScheduler
+from mcel_search.search.pruning import OptunaPruningScheduler, PruningStoreError
 from mcel_search.search.searcher import NUMBER_KEY
 
 
@@ -62,6 +63,7 @@ def test_median_pruning_records_every_report_and_stops_below_the_median(tmp_path
     assert sched.on_trial_result(None, b, {"epoch": 3, "clean_acc": 0.1}) == TrialScheduler.CONTINUE
     monkeypatch.undo()
 
+    sched.flush(final=True)  # the records are written behind the decisions
     frozen = _frozen(url)
     assert frozen["n0"].state == TrialState.COMPLETE and frozen["n0"].value == pytest.approx(0.93)
     assert frozen["n0"].intermediate_values == {1: 0.80, 2: 0.90, 3: 0.92}
@@ -83,6 +85,7 @@ def test_a_restarted_scheduler_continues_running_trials_and_skips_finished_ones(
     snapshot = pickle.dumps(sched)  # what Tune stores; the live handles are not in it
     # after the snapshot, before the "crash": b finishes
     sched.on_trial_complete(None, b, {"epoch": 3, "clean_acc": 0.95, "final": True})
+    sched.flush(final=True)  # a finished trial is written at once (here: waited for)
 
     for restored in (pickle.loads(snapshot), _scheduler(url)):
         assert restored._trials == {}
@@ -90,9 +93,13 @@ def test_a_restarted_scheduler_continues_running_trials_and_skips_finished_ones(
         assert restored.on_trial_result(None, b, {"epoch": 2, "clean_acc": 0.1}) == TrialScheduler.CONTINUE
     restored = _scheduler(url)
     restored.on_trial_result(None, c, {"epoch": 1, "clean_acc": 0.91})
-    again = pickle.loads(pickle.dumps(restored))  # c was running at the "crash"
-    assert again.on_trial_result(None, c, {"epoch": 2, "clean_acc": 0.92}) == TrialScheduler.CONTINUE
+    # c was running at the "crash", its epoch 1 not yet written (a running trial is written every
+    # sync_period_s): the resumed trial's first result carries its earlier epochs, as the trainable's does
+    again = pickle.loads(pickle.dumps(restored))
+    resumed = {"epoch": 2, "clean_acc": 0.92, "backfill": [{"epoch": 1, "clean_acc": 0.91}]}
+    assert again.on_trial_result(None, c, resumed) == TrialScheduler.CONTINUE
     again.on_trial_complete(None, c, {"epoch": 3, "clean_acc": 0.93, "final": True})
+    again.flush(final=True)
 
     frozen = _frozen(url)
     assert sorted(frozen) == ["n0", "n1", "n2"]  # no duplicate record for c
@@ -120,8 +127,90 @@ def test_nop_pruner_writes_nothing_per_epoch_and_still_records_the_outcome(tmp_p
         assert sched.on_trial_result(None, b, {"epoch": step, "clean_acc": acc}) == TrialScheduler.CONTINUE
     sched.on_trial_complete(None, a, {"epoch": 4, "clean_acc": 0.5, "final": True})
     sched.on_trial_error(None, b)  # never reported: nothing to tell, and no error
+    sched.flush(final=True)
     frozen = _frozen(url)
     assert set(frozen) == {"n0"}
     assert frozen["n0"].state == TrialState.COMPLETE and frozen["n0"].value == pytest.approx(0.5)
     assert frozen["n0"].intermediate_values == {}
     assert sched.pruned == set()
+
+
+def test_decisions_never_wait_for_the_database_and_records_follow_behind(tmp_path, monkeypatch) -> None:
+    """A decision is taken in memory: no RDB write or read per report (at 1,000 running trials one cost
+    124 ms on SQLite). A running trial's values reach the RDB study after ``sync_period_s``, a finished
+    trial's at once; a database that fails is retried and nothing is lost."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    sched = OptunaPruningScheduler(pruner, study_name="s-pruning", storage=url, sync_period_s=0.5)
+    _ = sched.study  # created (and loaded) once, before any report
+    calls: list[str] = []
+    rdb = optuna.storages.RDBStorage
+    for name in ("set_trial_intermediate_value", "get_all_trials", "get_trial"):
+        original = getattr(rdb, name)
+
+        def counting(self, *args, _name=name, _original=original, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(rdb, name, counting)
+    trials = [FakeTrial(i) for i in range(20)]
+    sched.sync_period_s = 3600.0  # hold the running trials' writes back while the decisions are counted
+    for step in (1, 2, 3):
+        for t in trials:
+            sched.on_trial_result(None, t, {"epoch": step, "clean_acc": 0.5 + 0.01 * t.number})
+    assert calls == []  # 60 decisions, not one database call
+    assert sched.unwritten == 20
+
+    sched.sync_period_s = 0.5  # the running trials' records follow within the sync period
+    deadline = time.monotonic() + 20
+    while sched.unwritten and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sched.unwritten == 0
+    frozen = _frozen(url)
+    assert len(frozen) == 20 and all(f.state == TrialState.RUNNING for f in frozen.values())
+    assert frozen["n7"].intermediate_values == pytest.approx({1: 0.57, 2: 0.57, 3: 0.57})
+
+    # the database fails for a while: records wait and are written once it answers
+    failing = {"on": True}
+    original_tell = optuna.Study.tell
+
+    def tell(self, *args, **kwargs):
+        if failing["on"] and self._storage.__class__ is not optuna.storages.InMemoryStorage:
+            raise optuna.exceptions.StorageInternalError("database is locked")
+        return original_tell(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "tell", tell)
+    monkeypatch.setattr("mcel_search.search.sender.BACKOFF_S", (0.05, 0.2))
+    sched.on_trial_complete(None, trials[19], {"epoch": 4, "clean_acc": 0.8, "final": True})
+    time.sleep(0.5)
+    assert sched.unwritten == 1 and _frozen(url)["n19"].state == TrialState.RUNNING
+    failing["on"] = False
+    sched.flush(final=True)
+    assert _frozen(url)["n19"].state == TrialState.COMPLETE and _frozen(url)["n19"].value == pytest.approx(
+        0.8
+    )
+    sched.close()
+
+
+def test_a_database_that_stays_away_fails_the_final_flush_with_one_line(tmp_path, monkeypatch) -> None:
+    """``flush(final=True)`` waits up to the flush timeout and then names the study, the count and the cause."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sched = _scheduler(url)
+    _ = sched.study
+    original_add = optuna.Study.add_trial
+
+    def add_trial(self, *args, **kwargs):
+        if not isinstance(self._storage, optuna.storages.InMemoryStorage):
+            raise optuna.exceptions.StorageInternalError("disk I/O error")
+        return original_add(self, *args, **kwargs)
+
+    monkeypatch.setattr(optuna.Study, "add_trial", add_trial)
+    monkeypatch.setattr("mcel_search.search.sender.FLUSH_TIMEOUT_S", 1.0)
+    monkeypatch.setattr("mcel_search.search.sender.BACKOFF_S", (0.05, 0.2))
+    sched.on_trial_result(None, FakeTrial(0), {"epoch": 1, "clean_acc": 0.9})
+    sched.on_trial_complete(None, FakeTrial(0), {"epoch": 2, "clean_acc": 0.9, "final": True})
+    with pytest.raises(PruningStoreError, match=r"s-pruning.*1 trial records not written.*disk I/O error"):
+        sched.flush(final=True)
+    sched.close()
