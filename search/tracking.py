@@ -43,11 +43,15 @@ import contextlib
 import logging
 import math
 import os
+import threading
+import time
+import zlib
+from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from ray.tune import Callback
@@ -115,20 +119,34 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+_ATTEMPT_LOCK = threading.Lock()
+_attempts = {"active": 0, "saved": {}}
+
+
 @contextlib.contextmanager
 def _one_attempt() -> Iterator[None]:
-    """MLflow HTTP calls in this block make one attempt with a short timeout (we retry ourselves)."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = os.environ.get("MCEL_MLFLOW_REQUEST_TIMEOUT_S", "30")
+    """MLflow HTTP calls in this block make one attempt with a short timeout (we retry ourselves).
+
+    Several sender threads may be inside at once: the first one in sets the variables, the last one out
+    restores them (reference counted under a lock), so no thread runs with another's restored values."""
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    with _ATTEMPT_LOCK:
+        if _attempts["active"] == 0:
+            _attempts["saved"] = {k: os.environ.get(k) for k in names}
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = os.environ.get("MCEL_MLFLOW_REQUEST_TIMEOUT_S", "30")
+        _attempts["active"] += 1
     try:
         yield
     finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        with _ATTEMPT_LOCK:
+            _attempts["active"] -= 1
+            if _attempts["active"] == 0:
+                for k, v in _attempts["saved"].items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
 
 
 #: MLflow 3's UI opens an experiment by its kind: ours is model training (its runs table), not GenAI traces.
@@ -191,6 +209,13 @@ def ber_metric_name(kind: str, ber: float) -> str:
     return f"{kind}_at_{ber:g}"
 
 
+#: Sender threads of a logger (env ``MCEL_MLFLOW_SENDERS``): a trial's calls all go through one of them.
+DEFAULT_SENDERS = int(os.environ.get("MCEL_MLFLOW_SENDERS", "2"))
+#: Metrics per ``log_batch`` call (MLflow's REST limit: 1,000 metrics, 1,000 entities with the tags).
+BATCH_METRICS = 900
+#: Results whose MLflow lag :meth:`MlflowTrialLogger.lag_summary` describes (the latest ones).
+LAG_WINDOW = 100_000
+
 #: Per-epoch result keys logged as MLflow metrics (besides ``epoch``): these names, and these prefixes.
 EPOCH_METRIC_KEYS = ("train_loss", "train_acc", "mlm", "lr", "clean_acc", "search_wait_s", "ber_passes")
 EPOCH_METRIC_PREFIXES = ("ber_acc", "test_margin", "tolerable_ber")
@@ -232,6 +257,8 @@ class MlflowTrialLogger(Callback):
         params: dict[str, Any],
         role: str = "trial",
         background: bool = True,
+        senders: int | None = None,
+        coalesce: bool = True,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -250,16 +277,37 @@ class MlflowTrialLogger(Callback):
         self._resumed: dict[str, int] = {}
         self._need_params: dict[str, dict[str, Any]] = {}
         self._uncertain: set[tuple[str, int]] = set()
-        #: the queue of MLflow calls and the thread that sends them (MLflow off the trials' critical path)
-        self.sender = RetryingSender(
-            self._deliver,
-            is_transient=is_transient,
-            unavailable=self._unavailable,
-            target=f"MLflow tracking server {redact_credentials(tracking_uri)}",
-            background=background,
-            attempt=_one_attempt,
-            thread_name="mcel-mlflow-sender",
-        )
+        self.coalesce = coalesce
+        self._results: dict[str, list[tuple[Trial, dict, float]]] = {}  # key -> results not yet sent
+        self._scheduled: set[str] = set()  # keys with a queued _trial_results call
+        self._endings: dict[
+            str, tuple[dict, Any]
+        ] = {}  # key -> (last result, checkpoint) that call ends with
+        self._buffer_lock = threading.Lock()
+        self._prefetch_lock = threading.Lock()
+        self._prefetched: dict[str, str] | None = None
+        #: seconds from each result's event to its log_batch returning (the last LAG_WINDOW results)
+        self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
+        self.results_logged = 0  # results handed to MLflow (one epoch each; a repeat counts once more)
+        self.metric_batches = 0  # log_batch calls that carried epoch metrics
+        n = senders if senders is not None else DEFAULT_SENDERS
+        if n < 1:
+            raise ValueError(f"senders={n!r} is not allowed: at least 1")
+        #: the queues of MLflow calls and the threads that send them (MLflow off the trials' critical
+        #: path); a trial's calls always go through the same one (by its key), so they stay in order
+        self.senders = [
+            RetryingSender(
+                self._deliver,
+                is_transient=is_transient,
+                unavailable=self._unavailable,
+                target=f"MLflow tracking server {redact_credentials(tracking_uri)}",
+                background=background,
+                attempt=_one_attempt,
+                thread_name="mcel-mlflow-sender" + (f"-{i}" if i else ""),
+            )
+            for i in range(n)
+        ]
+        self.sender = self.senders[0]  # the one of calls without a trial
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -273,8 +321,20 @@ class MlflowTrialLogger(Callback):
             _resumed={},
             _need_params={},
             _uncertain=set(),
+            _results={},
+            _scheduled=set(),
+            _endings={},
+            _buffer_lock=None,
+            _prefetch_lock=None,
+            _prefetched=None,
+            lags=deque(maxlen=LAG_WINDOW),
         )
-        return state  # the sender pickles itself empty (RetryingSender.__getstate__)
+        return state  # the senders pickle themselves empty (RetryingSender.__getstate__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._buffer_lock = threading.Lock()
+        self._prefetch_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------- buffered calls
 
@@ -286,11 +346,13 @@ class MlflowTrialLogger(Callback):
     @property
     def pending(self) -> int:
         """Calls waiting for the tracking server."""
-        return self.sender.pending
+        return sum(s.pending for s in self.senders)
 
-    def _enqueue(self, method: str, *args: Any) -> None:
-        """Queue the call ``self.<method>(*args)`` (see :class:`~.sender.RetryingSender`)."""
-        self.sender.enqueue(method, args)
+    def _enqueue(self, method: str, *args: Any, shard: str | None = None) -> None:
+        """Queue the call ``self.<method>(*args)`` (see :class:`~.sender.RetryingSender`) on the sender of
+        ``shard`` (a trial's key: its calls stay in order), or the first one."""
+        index = 0 if shard is None else zlib.crc32(shard.encode()) % len(self.senders)
+        self.senders[index].enqueue(method, args)
 
     def _deliver(self, method: str, args: tuple) -> None:
         getattr(self, method)(*args)
@@ -298,11 +360,25 @@ class MlflowTrialLogger(Callback):
     def flush(self, final: bool = False) -> None:
         """Send the pending calls in order; with ``final`` wait for them up to
         :data:`~.sender.FLUSH_TIMEOUT_S`, then raise :class:`TrackingUnavailableError`."""
-        self.sender.flush(final)
+        for s in self.senders:
+            s.flush(final)
 
     def close(self) -> None:
-        """Stop the sender thread once the queue is empty (or the server unreachable); idempotent."""
-        self.sender.close()
+        """Stop the sender threads once the queues are empty (or the server unreachable); idempotent."""
+        for s in self.senders:
+            s.close()
+
+    def lag_summary(self) -> dict[str, float]:
+        """Seconds from a result's event to its MLflow write over the last :data:`LAG_WINDOW` results:
+        ``p50``, ``p99``, ``max`` and ``n`` (empty before the first write)."""
+        lags = sorted(self.lags)
+        if not lags:
+            return {}
+
+        def q(p: float) -> float:
+            return lags[min(len(lags) - 1, math.ceil(p * len(lags)) - 1)]
+
+        return {"p50": q(0.50), "p99": q(0.99), "max": lags[-1], "n": float(len(lags))}
 
     def _unavailable(self, pending: int) -> TrackingUnavailableError:
         return TrackingUnavailableError(
@@ -327,6 +403,32 @@ class MlflowTrialLogger(Callback):
     def _key(self, trial: Trial) -> str:
         return f"{self.study}#{trial_key(trial) if self.role == 'trial' else 'baseline'}"
 
+    def _existing_runs(self) -> dict[str, str]:
+        """``mcel.trial_key`` -> run id of the runs of this study that existed when the logger first
+        looked (a resumed search's): one paginated search instead of one per new trial (at 1,000 trials
+        starting, a search each was a quarter of the start-up calls)."""
+        with self._prefetch_lock:
+            if self._prefetched is None:
+                found: dict[str, str] = {}
+                token = None
+                while True:
+                    page = self.client.search_runs(
+                        [self.experiment_id],
+                        filter_string=f"tags.`mcel.study` = '{self.study}'",
+                        order_by=["attributes.start_time ASC"],
+                        max_results=1000,
+                        page_token=token,
+                    )
+                    for run in page:
+                        key = run.data.tags.get("mcel.trial_key")
+                        if key is not None:
+                            found.setdefault(key, run.info.run_id)  # the oldest, as find_run
+                    token = page.token
+                    if not token:
+                        break
+                self._prefetched = found
+            return self._prefetched
+
     def run_id(self, trial: Trial) -> str:
         """The child run of ``trial`` (found by its key, else created with params and tags)."""
         key = self._key(trial)
@@ -336,7 +438,7 @@ class MlflowTrialLogger(Callback):
                 _log_params(self.client, run_id, self._need_params[run_id])
                 del self._need_params[run_id]
             return run_id
-        found = find_run(self.client, self.experiment_id, {"mcel.trial_key": key})
+        found = self._existing_runs().get(key)
         if found:
             self._runs[key] = found
             if self.client.get_run(found).data.tags.get("mcel.state") in ("completed", "pruned", "errored"):
@@ -376,58 +478,181 @@ class MlflowTrialLogger(Callback):
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._enqueue("_trial_start", trial)
+        self._enqueue("_trial_start", trial, shard=self._key(trial))
 
     def _trial_start(self, trial: Trial) -> None:
+        fresh = self._key(trial) not in self._runs and self._key(trial) not in self._existing_runs()
         run_id = self.run_id(trial)
-        if run_id not in self._closed:
+        if run_id not in self._closed and not fresh:  # a new run is created with mcel.state=running
             self.client.set_tag(run_id, "mcel.state", "running")
 
     def on_trial_result(
         self, iteration: int, trials: list[Trial], trial: Trial, result: dict, **info: Any
     ) -> None:
-        self._enqueue("_trial_result", trial, dict(result))
+        self.queue_result(trial, result, time.monotonic())
 
-    def _trial_result(self, trial: Trial, result: dict) -> None:
-        run_id = self.run_id(trial)
-        node = result.get("node_id")
-        if node and self._nodes.get(run_id) != node:
-            self.client.set_tag(run_id, "mcel.node_id", str(node))
-            self._nodes[run_id] = node
-        device = result.get("device")
-        if device and self._devices.get(run_id) != device:  # a retry on another node may differ
-            self.client.set_tag(run_id, "mcel.device", str(device))
-            self._devices[run_id] = device
-        if result.get("start_epoch") and self._resumed.get(run_id) != result["start_epoch"]:
-            self.client.set_tag(run_id, "mcel.resumed_from_epoch", str(result["start_epoch"]))
-            self._resumed[run_id] = result["start_epoch"]
-        if result.get("diverged"):
+    def queue_result(self, trial: Trial, result: dict, since: float) -> None:
+        """Queue one result of ``trial`` (``since``: its event time, ``time.monotonic()``, for the lag).
+
+        With ``coalesce`` the results of one trial wait in its own buffer and one queued call
+        (``_trial_results``) sends all that arrived until it runs, in one ``log_batch``: when the server
+        falls behind, a trial's epochs merge into fewer calls instead of the queue growing per result."""
+        key = self._key(trial)
+        if not self.coalesce:
+            self._enqueue("_trial_result", trial, dict(result), since, shard=key)
             return
+        with self._buffer_lock:
+            self._results.setdefault(key, []).append((trial, dict(result), since))
+            if key in self._scheduled:
+                return
+            self._scheduled.add(key)
+        self._enqueue("_trial_results", key, shard=key)
+
+    def _trial_results(self, key: str) -> None:
+        """Send the results buffered for ``key`` (all that arrived until now) in one ``log_batch``; on an
+        error they go back to the front of the buffer (the sender retries this call)."""
+        with self._buffer_lock:
+            self._scheduled.discard(key)
+            batch = self._results.pop(key, [])
+            ending = self._endings.pop(key, None)
+        if not batch:
+            return
+        try:
+            trial = batch[0][0]
+            if ending is None:
+                self._log_results(trial, [(r, t) for _, r, t in batch])
+                return
+            run_id = self.run_id(trial)
+            if run_id in self._closed:
+                return
+            tags, metrics, status = self._ending(run_id, *ending)
+            self._log_results(trial, [(r, t) for _, r, t in batch], tags, metrics)
+            self._terminate(run_id, status)
+        except BaseException:
+            with self._buffer_lock:
+                self._results[key] = batch + self._results.get(key, [])
+                if ending is not None:
+                    self._endings.setdefault(key, ending)
+            raise
+
+    def _trial_result(self, trial: Trial, result: dict, since: float | None = None) -> None:
+        """Log one result of ``trial`` (the path without coalescing)."""
+        self._log_results(trial, [(result, since)])
+
+    def _log_results(
+        self,
+        trial: Trial,
+        results: list[tuple[dict, float | None]],
+        extra_tags: Mapping[str, str] | None = None,
+        extra_metrics: list[Metric] | None = None,
+    ) -> None:
+        """Log ``results`` of ``trial`` (in the order they came): tags that changed, then every new epoch's
+        metrics (backfilled ones included) in as few ``log_batch`` calls as MLflow allows; ``extra_tags``
+        and ``extra_metrics`` (a run's ending) go with the last of them."""
+        run_id = self.run_id(trial)
+        steps: list[tuple[int, list[Metric]]] = []
+        tags: dict[str, str] = {}
+        last = self._last_step.get(run_id, 0)
+        for result, _ in results:
+            last = self._result_tags_and_steps(run_id, result, last, steps, tags)
+        self._log_steps(run_id, steps, {**tags, **(extra_tags or {})}, extra_metrics)
+        # what the run now carries (only once the server has it: a failed call is sent again whole)
+        for key, attr in (("mcel.node_id", "_nodes"), ("mcel.device", "_devices")):
+            if key in tags:
+                getattr(self, attr)[run_id] = tags[key]
+        if "mcel.resumed_from_epoch" in tags:
+            self._resumed[run_id] = int(tags["mcel.resumed_from_epoch"])
+        now = time.monotonic()
+        for _, since in results:
+            if since is not None:
+                self.lags.append(now - since)
+        self.results_logged += len(results)
+
+    def _result_tags_and_steps(
+        self,
+        run_id: str,
+        result: dict,
+        last: int,
+        steps: list[tuple[int, list[Metric]]],
+        tags: dict[str, str],
+    ) -> int:
+        """Add the tags ``result`` changes to ``tags`` and its new epochs to ``steps``; returns the last step."""
+        node = result.get("node_id")
+        if node and tags.get("mcel.node_id", self._nodes.get(run_id)) != str(node):
+            tags["mcel.node_id"] = str(node)
+        device = result.get("device")  # a retry on another node may differ
+        if device and tags.get("mcel.device", self._devices.get(run_id)) != str(device):
+            tags["mcel.device"] = str(device)
+        start = result.get("start_epoch")
+        if start and int(tags.get("mcel.resumed_from_epoch", self._resumed.get(run_id) or 0)) != int(start):
+            tags["mcel.resumed_from_epoch"] = str(start)
+        if result.get("diverged"):
+            return last
         step = int(result.get("epoch", result.get("training_iteration", 0)))
         ts = int(result.get("timestamp", 0) * 1000) or 0
         # epochs reported before a driver died but never delivered: the resumed trial carries them
         for entry in sorted(result.get("backfill") or (), key=lambda e: int(e.get("epoch", 0))):
             earlier = int(entry.get("epoch", 0))
-            if self._last_step.get(run_id, 0) < earlier < step:
-                self._log_step(run_id, earlier, _epoch_metrics(entry, ts, earlier))
-        if step <= self._last_step.get(run_id, 0):
-            return  # already logged (a retry or a resumed search replays epochs from its last checkpoint)
-        self._log_step(run_id, step, _epoch_metrics(result, ts, step))
+            if last < earlier < step:
+                steps.append((earlier, _epoch_metrics(entry, ts, earlier)))
+                last = earlier
+        if step <= last:  # already logged (a retry or a resumed search replays epochs from a checkpoint)
+            return last
+        steps.append((step, _epoch_metrics(result, ts, step)))
+        return step
 
     def _log_step(self, run_id: str, step: int, metrics: list[Metric]) -> None:
-        """``metrics`` of epoch ``step`` in one ``log_batch``, at most once (an attempt that failed in
-        flight is checked against the run's ``epoch`` history first); advances the run's last step."""
-        if metrics and (run_id, step) in self._uncertain:
-            # an earlier attempt failed in flight: the server may have stored it already
-            logged = self.client.get_metric_history(run_id, "epoch")
-            self._uncertain.discard((run_id, step))
-            if any(m.step == step for m in logged):
-                metrics = []
-        if metrics:
-            self._uncertain.add((run_id, step))
-            self.client.log_batch(run_id, metrics=metrics)
-            self._uncertain.discard((run_id, step))
-        self._last_step[run_id] = max(step, self._last_step.get(run_id, 0))
+        """``metrics`` of epoch ``step``, at most once (see :meth:`_log_steps`)."""
+        self._log_steps(run_id, [(step, metrics)])
+
+    def _log_steps(
+        self,
+        run_id: str,
+        steps: list[tuple[int, list[Metric]]],
+        tags: Mapping[str, str] | None = None,
+        extra: list[Metric] | None = None,
+    ) -> None:
+        """The metrics of several epochs (``tags`` with the first call, ``extra`` metrics with the last) in
+        as few ``log_batch`` calls as MLflow allows (:data:`BATCH_METRICS` metrics each), each epoch at most
+        once: epochs of an attempt that failed in flight are checked against the run's ``epoch`` history
+        first. Advances the run's last step."""
+        run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
+        extra = list(extra or [])
+        if not steps:
+            if run_tags or extra:
+                self.client.log_batch(run_id, metrics=extra, tags=run_tags)
+            return
+        newest = max(step for step, _ in steps)
+        if any((run_id, step) in self._uncertain for step, _ in steps):
+            # an earlier attempt failed in flight: the server may have stored some of it already
+            logged = {m.step for m in self.client.get_metric_history(run_id, "epoch")}
+            for step, _ in steps:
+                self._uncertain.discard((run_id, step))
+            steps = [(step, metrics) for step, metrics in steps if step not in logged]
+        chunk: list[Metric] = []
+        chunk_steps: list[int] = []
+        for i, (step, metrics) in enumerate(steps):
+            chunk.extend(metrics)
+            chunk_steps.append(step)
+            following = len(steps[i + 1][1]) if i + 1 < len(steps) else 0
+            if i + 1 == len(steps) or len(chunk) + following > BATCH_METRICS:
+                if i + 1 == len(steps) and extra:
+                    if len(chunk) + len(extra) > BATCH_METRICS:
+                        self.client.log_batch(run_id, metrics=extra)
+                    else:
+                        chunk.extend(extra)
+                    extra = []
+                if chunk or run_tags:
+                    self._uncertain.update((run_id, s) for s in chunk_steps)
+                    self.client.log_batch(run_id, metrics=chunk, tags=run_tags)
+                    self.metric_batches += bool(chunk)
+                    run_tags = []
+                    self._uncertain.difference_update((run_id, s) for s in chunk_steps)
+                self._last_step[run_id] = max(chunk_steps[-1], self._last_step.get(run_id, 0))
+                chunk, chunk_steps = [], []
+        if run_tags or extra:  # every epoch was there already
+            self.client.log_batch(run_id, metrics=extra, tags=run_tags)
+        self._last_step[run_id] = max(newest, self._last_step.get(run_id, 0))
 
     def on_checkpoint(
         self, iteration: int, trials: list[Trial], trial: Trial, checkpoint: Any, **info: Any
@@ -494,36 +719,62 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # the checkpoint is taken now: by the time the call is sent a retry may have newer ones
-        self._enqueue("_trial_complete", trial, dict(trial.last_result or {}), self._latest_checkpoint(trial))
+        key = self._key(trial)
+        ending = (dict(trial.last_result or {}), self._latest_checkpoint(trial))
+        if self.coalesce:
+            with self._buffer_lock:
+                if key in self._scheduled:  # its results wait for a queued call: that call ends the run too
+                    self._endings[key] = ending
+                    return
+        self._enqueue(
+            "_trial_complete",
+            trial,
+            dict(trial.last_result or {}),
+            self._latest_checkpoint(trial),
+            shard=self._key(trial),
+        )
 
     def _trial_complete(self, trial: Trial, last_result: dict, checkpoint: Any = None) -> None:
         run_id = self.run_id(trial)
         if run_id in self._closed:
             return
+        tags, metrics, status = self._ending(run_id, last_result, checkpoint)
+        self._log_steps(run_id, [], tags, metrics)
+        self._terminate(run_id, status)
+
+    def _ending(
+        self, run_id: str, last_result: dict, checkpoint: Any
+    ) -> tuple[dict[str, str], list[Metric], str]:
+        """What a finished trial's run gets: its tags (``mcel.state``, ``mcel.error``), the final BER curve
+        metrics and its MLflow status; uploads the checkpoint's files (and, for a completed trial, the
+        MLflow Model) on the way."""
         if last_result.get("diverged"):
-            self.client.set_tag(run_id, "mcel.state", "errored")
             error = redact_credentials(str(last_result.get("error", "diverged")))
-            self.client.set_tag(run_id, "mcel.error", error[:5000])
-            self.client.set_terminated(run_id, "FAILED")
-            self._closed.add(run_id)
-            return
+            return {"mcel.state": "errored", "mcel.error": error[:5000]}, [], "FAILED"
         final = bool(last_result.get("final"))
         summary = self._upload(run_id, checkpoint, model=final)
+        metrics = []
         if final and summary:
             ts = int(last_result.get("timestamp", 0) * 1000)
             step = int(last_result.get("epoch", 0))
-            metrics = []
             for point in summary["ber_curve"]:
                 for kind, key in (("ber_acc", "mean"), ("ber_acc_std", "std"), ("ber_acc_min", "min")):
                     metrics.append(Metric(ber_metric_name(kind, point["ber"]), float(point[key]), ts, step))
-            self.client.log_batch(run_id, metrics=metrics)
-        self.client.set_tag(run_id, "mcel.state", "completed" if final else "pruned")
         # a pruned trial was stopped, not finished: KILLED in the MLflow UI's status column
-        self.client.set_terminated(run_id, "FINISHED" if final else "KILLED")
+        return {"mcel.state": "completed" if final else "pruned"}, metrics, "FINISHED" if final else "KILLED"
+
+    def _terminate(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status)
         self._closed.add(run_id)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
-        self._enqueue("_trial_error", trial, _error_message(trial), self._latest_checkpoint(trial))
+        self._enqueue(
+            "_trial_error",
+            trial,
+            _error_message(trial),
+            self._latest_checkpoint(trial),
+            shard=self._key(trial),
+        )
 
     def _trial_error(self, trial: Trial, message: str, checkpoint: Any = None) -> None:
         run_id = self.run_id(trial)
