@@ -17,6 +17,8 @@ Benchmarks (``--only`` names), each described in its module:
 * ``loader`` (:mod:`benchmarks.bench_loader`): an epoch's batches of in-memory data, fast path vs DataLoader.
 * ``search``, ``pruning`` (:mod:`benchmarks.bench_search`): Ray Tune + Optuna + MLflow overhead over
   in-process trials; epochs saved by pruning on the quickstart search.
+* ``load`` (:mod:`benchmarks.bench_load`): the driver at 1,000 concurrent (logical) trials against a real
+  MLflow server: results/s, MLflow lag p50/p99, results lost; now vs the design before, in one process.
 
 ``--out`` (default ``benchmarks/RESULTS.md``) is rewritten with the rows that ran, and the rows are also
 stored beside it (``RESULTS.json``); ``--merge`` keeps the rows of benchmarks not run now from that
@@ -82,7 +84,7 @@ def bench_flips_rows(quick: bool, device: torch.device) -> list[Row]:
 
 
 def _benches() -> dict[str, Callable[[bool, torch.device], list[Row]]]:
-    from benchmarks import bench_eval, bench_loader, bench_search, bench_train
+    from benchmarks import bench_eval, bench_load, bench_loader, bench_search, bench_train
 
     return {
         "flips": bench_flips_rows,
@@ -93,10 +95,11 @@ def _benches() -> dict[str, Callable[[bool, torch.device], list[Row]]]:
         "scaling": bench_eval.bench_scaling,
         "search": bench_search.bench_search,
         "pruning": bench_search.bench_pruning,
+        "load": bench_load.bench_load,
     }
 
 
-NAMES = ("flips", "sweep", "memory", "train", "loader", "scaling", "search", "pruning")
+NAMES = ("flips", "sweep", "memory", "train", "loader", "scaling", "search", "pruning", "load")
 
 NOTES = [
     "- Memory (CPU): resident-set high-water mark `VmHWM`, reset right before the measured call "
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             order = {n: i for i, n in enumerate(NAMES)}
             rows = sorted([*rows, *kept], key=lambda r: order.get(r.bench, len(order)))
     for r in rows:
-        r.before = before.get(r.key)
+        r.before = before.get(r.key, r.before)  # a row measured against its own before keeps it
     out.write_text(render(rows, machine, command, seconds, notes))
     write_json(previous_json, rows, machine, command)
     if args.save_json:
