@@ -277,6 +277,9 @@ def run_search(
 
     tracking_uri = absolute_sqlite_uri(tracking_uri or spec.tracking.uri)
     storage_path = resolve_storage_path(storage_path or spec.storage.path)
+    from .tracking import default_senders
+
+    default_senders()  # a bad MCEL_MLFLOW_SENDERS is refused before anything is created
     preflight(spec, tracking_uri, storage_path, resume=resume, check_data=not ray_address)
     import ray
 

@@ -21,12 +21,19 @@ Layout (documented in README "MLflow layout"; ``analysis/`` reads it):
 A trial's run is found again by ``mcel.trial_key`` after a retry or a driver restart, and epochs already
 logged are not logged twice, so a resumed search never duplicates a run or a metric point.
 
-**MLflow is off the trials' critical path.** Every Tune event becomes one pending MLflow call in a bounded
-in-memory buffer (:attr:`~.sender.RetryingSender.max_pending`), sent in order by one background thread of the
-driver (``background=True``, the default): a trial's ``tune.report`` waits for the driver to process its
+**MLflow is off the trials' critical path.** Every Tune event becomes a pending MLflow call in a bounded
+in-memory buffer (:attr:`~.sender.RetryingSender.max_pending`), sent in order by background threads of the
+driver (``background=True``, the default; :data:`DEFAULT_SENDERS` of them, env ``MCEL_MLFLOW_SENDERS``, a
+trial's calls always through the same one): a trial's ``tune.report`` waits for the driver to process its
 result, so a synchronous ``log_batch`` would stall every trial every epoch (``benchmarks/MEASUREMENTS.md``,
-"MLflow sender"). Only that thread talks to MLflow during a Tune run; the driver thread
-only appends. An error that is not an outage is raised in the driver at its next event or flush.
+"MLflow sender"). Only those threads talk to MLflow during a Tune run; the driver thread only appends. An
+error that is not an outage is raised in the driver at its next event or flush.
+
+**Calls coalesce per trial.** A trial's results wait in its own buffer behind one queued call; that call
+sends all that arrived until it runs in one ``log_batch`` (and ends the run, when the trial ended
+meanwhile). When the server falls behind, the queue holds about one call per trial instead of one per
+result, and a run's lag is about ``trials / server calls per second`` (``docs/cluster.md``, "How many trials
+one driver carries"; :meth:`MlflowTrialLogger.lag_summary`).
 
 **A tracking server that blinks does not stop a search.** When the
 server is unreachable (connection refused, timeout, HTTP 5xx) the call stays buffered and the driver goes
@@ -57,7 +64,7 @@ from mlflow.tracking import MlflowClient
 from ray.tune import Callback
 from ray.tune.experiment import Trial
 
-from ..core.errors import ResumableError
+from ..core.errors import BadInputError, ResumableError
 from ..core.losses import all_loss_params, relative_separation
 from ..core.redact import redact_credentials
 from . import sender
@@ -209,8 +216,24 @@ def ber_metric_name(kind: str, ber: float) -> str:
     return f"{kind}_at_{ber:g}"
 
 
-#: Sender threads of a logger (env ``MCEL_MLFLOW_SENDERS``): a trial's calls all go through one of them.
-DEFAULT_SENDERS = int(os.environ.get("MCEL_MLFLOW_SENDERS", "2"))
+#: Sender threads of a logger (env ``MCEL_MLFLOW_SENDERS`` overrides): a trial's calls all go through one.
+DEFAULT_SENDERS = 2
+MAX_SENDERS = 64
+
+
+def default_senders() -> int:
+    """``MCEL_MLFLOW_SENDERS`` (an integer in [1, :data:`MAX_SENDERS`]) or :data:`DEFAULT_SENDERS`."""
+    text = os.environ.get("MCEL_MLFLOW_SENDERS", "").strip()
+    if not text:
+        return DEFAULT_SENDERS
+    if not text.isdigit() or not 1 <= int(text) <= MAX_SENDERS:
+        raise BadInputError(
+            f"MCEL_MLFLOW_SENDERS={text!r} is not allowed: an integer from 1 to {MAX_SENDERS} "
+            f"(sender threads of the MLflow logger; unset: {DEFAULT_SENDERS})"
+        )
+    return int(text)
+
+
 #: Metrics per ``log_batch`` call (MLflow's REST limit: 1,000 metrics, 1,000 entities with the tags).
 BATCH_METRICS = 900
 #: Results whose MLflow lag :meth:`MlflowTrialLogger.lag_summary` describes (the latest ones).
@@ -290,9 +313,9 @@ class MlflowTrialLogger(Callback):
         self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self.results_logged = 0  # results handed to MLflow (one epoch each; a repeat counts once more)
         self.metric_batches = 0  # log_batch calls that carried epoch metrics
-        n = senders if senders is not None else DEFAULT_SENDERS
-        if n < 1:
-            raise ValueError(f"senders={n!r} is not allowed: at least 1")
+        n = senders if senders is not None else default_senders()
+        if not 1 <= n <= MAX_SENDERS:
+            raise BadInputError(f"senders={n!r} is not allowed: an integer from 1 to {MAX_SENDERS}")
         #: the queues of MLflow calls and the threads that send them (MLflow off the trials' critical
         #: path); a trial's calls always go through the same one (by its key), so they stay in order
         self.senders = [

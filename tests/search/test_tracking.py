@@ -173,3 +173,92 @@ def test_a_resumed_trial_backfills_epochs_a_dead_driver_never_delivered(tmp_path
         assert sorted(m.step for m in history) == [1, 2, 3], (key, history)
     got = {m.step: m.value for m in client.get_metric_history(run_id, "clean_acc")}
     assert got == pytest.approx({e: 0.5 + e / 10 for e in (1, 2, 3)})
+
+
+def test_one_attempt_is_shared_by_sender_threads_and_restores_the_environment_once(monkeypatch) -> None:
+    """Several sender threads make their MLflow calls inside ``_one_attempt`` at once: the variables stay
+    set until the last one leaves (a thread leaving first must not restore them under another's call), and
+    then they are what they were before."""
+    import os
+
+    from mcel_search.search import tracking
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
+    inside, release = threading.Barrier(3), threading.Event()
+    seen: list[tuple[str | None, str | None]] = []
+
+    def call(hold: bool) -> None:
+        with tracking._one_attempt():
+            inside.wait(timeout=5)
+            if hold:
+                release.wait(timeout=5)
+            seen.append(
+                (
+                    os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES"),
+                    os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT"),
+                )
+            )
+
+    threads = [threading.Thread(target=call, args=(hold,)) for hold in (False, True)]
+    for t in threads:
+        t.start()
+    inside.wait(timeout=5)
+    threads[0].join(timeout=5)  # the first thread has left ...
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == "0"  # ... the second is still inside
+    release.set()
+    threads[1].join(timeout=5)
+    assert seen == [("0", "30"), ("0", "30")]
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") == "7"
+    assert "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+
+
+def test_lag_summary_is_the_nearest_rank_quantile_of_the_recorded_lags() -> None:
+    """p50 and p99 by nearest rank (ceil(p * n)-th smallest): for lags 1..200 s that is 100 s and 198 s."""
+    log = MlflowTrialLogger("http://127.0.0.1:1", "0", "parent", "study", {}, {}, background=False)
+    assert log.lag_summary() == {}
+    log.lags.extend(float(v) for v in range(200, 0, -1))
+    assert log.lag_summary() == {"p50": 100.0, "p99": 198.0, "max": 200.0, "n": 200.0}
+
+
+class _KeyedLogger(MlflowTrialLogger):
+    """A logger with one extra call, ``_keyed``: records (thread, key, value) as the server saw it."""
+
+    def _keyed(self, key: str, value: int) -> None:
+        time.sleep(0.002)
+        self.seen.append((threading.current_thread().name, key, value))
+
+
+def test_several_senders_keep_each_trials_calls_in_order() -> None:
+    """With three sender threads a trial's calls (one shard key) all go through one thread, in the order
+    they were queued, while different trials are sent in parallel; nothing is lost."""
+    log = _KeyedLogger("http://127.0.0.1:1", "0", "parent", "study", {}, {}, senders=3)
+    log.seen = []
+    for value in range(20):
+        for key in (f"study#n{i}" for i in range(12)):
+            log._enqueue("_keyed", key, value, shard=key)
+    log.flush(final=True)
+    log.close()
+    assert len(log.seen) == 240
+    by_key: dict[str, list[tuple[str, int]]] = {}
+    for thread, key, value in log.seen:
+        by_key.setdefault(key, []).append((thread, value))
+    for key, calls in by_key.items():
+        assert [v for _, v in calls] == list(range(20)), key  # in order
+        assert len({t for t, _ in calls}) == 1, key  # one thread per trial
+    assert len({t for t, _, _ in log.seen}) == 3  # the trials were spread over the three
+    with pytest.raises(ValueError, match="senders=0"):
+        MlflowTrialLogger("http://127.0.0.1:1", "0", "parent", "study", {}, {}, senders=0)
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "-1", "65", "2.5"])
+def test_a_bad_sender_count_from_the_environment_is_one_clear_line(monkeypatch, value) -> None:
+    from mcel_search.core.errors import BadInputError
+
+    monkeypatch.setenv("MCEL_MLFLOW_SENDERS", value)
+    with pytest.raises(BadInputError) as info:
+        MlflowTrialLogger("http://127.0.0.1:1", "0", "parent", "study", {}, {})
+    text = str(info.value)
+    assert f"MCEL_MLFLOW_SENDERS={value!r}" in text and "from 1 to 64" in text and len(text.splitlines()) == 1
+    monkeypatch.setenv("MCEL_MLFLOW_SENDERS", "5")
+    assert len(MlflowTrialLogger("http://127.0.0.1:1", "0", "parent", "study", {}, {}).senders) == 5
