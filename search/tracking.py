@@ -23,8 +23,8 @@ logged are not logged twice, so a resumed search never duplicates a run or a met
 
 **MLflow is off the trials' critical path.** Every Tune event becomes a pending MLflow call in a bounded
 in-memory buffer (:attr:`~.sender.RetryingSender.max_pending`), sent in order by background threads of the
-driver (``background=True``, the default; :data:`DEFAULT_SENDERS` of them, env ``MCEL_MLFLOW_SENDERS``, a
-trial's calls always through the same one): a trial's ``tune.report`` waits for the driver to process its
+driver (``background=True``, the default; for a tracking server :data:`DEFAULT_SENDERS` of them, env
+``MCEL_MLFLOW_SENDERS``, a trial's calls always through the same one; one for a local SQLite store): a trial's ``tune.report`` waits for the driver to process its
 result, so a synchronous ``log_batch`` would stall every trial every epoch (``benchmarks/MEASUREMENTS.md``,
 "MLflow sender"). Only those threads talk to MLflow during a Tune run; the driver thread only appends. An
 error that is not an outage is raised in the driver at its next event or flush.
@@ -313,7 +313,10 @@ class MlflowTrialLogger(Callback):
         self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self.results_logged = 0  # results handed to MLflow (one epoch each; a repeat counts once more)
         self.metric_batches = 0  # log_batch calls that carried epoch metrics
-        n = senders if senders is not None else default_senders()
+        # a SQLite (or file) store takes one writer at a time: more threads would only wait for its lock
+        # (and for the GIL the driver thread needs); an HTTP server takes requests in parallel
+        remote = tracking_uri.split(":", 1)[0].lower() in ("http", "https", "databricks")
+        n = senders if senders is not None else (default_senders() if remote else 1)
         if not 1 <= n <= MAX_SENDERS:
             raise BadInputError(f"senders={n!r} is not allowed: an integer from 1 to {MAX_SENDERS}")
         #: the queues of MLflow calls and the threads that send them (MLflow off the trials' critical
