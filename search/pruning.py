@@ -57,6 +57,18 @@ INTERNAL_ROLE = "internal: the pruning scheduler's per-epoch values, not a searc
 KEY_ATTR = "search_number"
 
 
+def _record(frozen: optuna.trial.FrozenTrial, key: str) -> optuna.trial.FrozenTrial:
+    """A copy of ``frozen`` to add to another study: state, value (when complete), intermediate values, the
+    system attributes (e.g. successive halving's rungs) and the trial's key."""
+    return optuna.trial.create_trial(
+        state=frozen.state,
+        value=frozen.value if frozen.state == TrialState.COMPLETE else None,
+        intermediate_values=dict(frozen.intermediate_values),
+        user_attrs={KEY_ATTR: key},
+        system_attrs=dict(frozen.system_attrs),
+    )
+
+
 def trial_key(trial: Trial) -> str:
     """The identity of a Tune trial across restarts: its search-study number, else its Tune id."""
     number = trial.config.get(NUMBER_KEY)
@@ -187,15 +199,7 @@ class OptunaPruningScheduler(FIFOScheduler):
                     number = len(self._mem_ids)  # the in-memory study holds only these, in this order
                     self._numbers[key] = frozen.number
                     self._written[key] = set(frozen.intermediate_values)
-                    memory.add_trial(
-                        optuna.trial.create_trial(
-                            state=frozen.state,
-                            value=frozen.value if frozen.state == TrialState.COMPLETE else None,
-                            intermediate_values=dict(frozen.intermediate_values),
-                            user_attrs={KEY_ATTR: key},
-                            system_attrs=dict(frozen.system_attrs),
-                        )
-                    )
+                    memory.add_trial(_record(frozen, key))
                     self._mem_ids[key] = memory._storage.get_trial_id_from_study_id_trial_number(
                         memory._study_id, number
                     )
@@ -313,12 +317,16 @@ class OptunaPruningScheduler(FIFOScheduler):
             return
         with self._cond:
             self._dirty.setdefault(key, time.monotonic())
-            if self._thread is None or not self._thread.is_alive():
-                self._closing = False
-                self._thread = threading.Thread(target=self._writer, name="mcel-pruning-writer", daemon=True)
-                self._thread.start()
+            self._start_writer()
             if key in self._finished:
                 self._cond.notify_all()
+
+    def _start_writer(self) -> None:
+        """Start the writer thread unless it runs (the caller holds ``_cond``)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._closing = False
+            self._thread = threading.Thread(target=self._writer, name="mcel-pruning-writer", daemon=True)
+            self._thread.start()
 
     def _due(self, now: float) -> list[str]:
         """Keys to write now: all on a flush, else the finished and those dirty for ``sync_period_s``."""
@@ -381,15 +389,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         stored = self._stored
         frozen = self.study._storage.get_trial(self._mem_ids[key])
         if key not in self._numbers:  # a new record: all of it in one transaction
-            stored.add_trial(
-                optuna.trial.create_trial(
-                    state=frozen.state,
-                    value=frozen.value if frozen.state == TrialState.COMPLETE else None,
-                    intermediate_values=dict(frozen.intermediate_values),
-                    user_attrs={KEY_ATTR: key},
-                    system_attrs=dict(frozen.system_attrs),  # e.g. successive halving's rungs
-                )
-            )
+            stored.add_trial(_record(frozen, key))
             self._numbers[key] = stored._storage.get_n_trials(stored._study_id) - 1  # only we add trials
             self._written[key] = set(frozen.intermediate_values)
             return
@@ -418,9 +418,7 @@ class OptunaPruningScheduler(FIFOScheduler):
         deadline = time.monotonic() + (sender.FLUSH_TIMEOUT_S if final else 30.0)
         with self._cond:
             self._flush_all = True
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._writer, name="mcel-pruning-writer", daemon=True)
-                self._thread.start()
+            self._start_writer()
             self._cond.notify_all()
             try:
                 while (self._dirty or self._writing) and time.monotonic() < deadline:

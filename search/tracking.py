@@ -627,10 +627,6 @@ class MlflowTrialLogger(Callback):
         steps.append((step, _epoch_metrics(result, ts, step)))
         return step
 
-    def _log_step(self, run_id: str, step: int, metrics: list[Metric]) -> None:
-        """``metrics`` of epoch ``step``, at most once (see :meth:`_log_steps`)."""
-        self._log_steps(run_id, [(step, metrics)])
-
     def _log_steps(
         self,
         run_id: str,
