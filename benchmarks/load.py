@@ -34,7 +34,7 @@ from ray.tune.schedulers import TrialScheduler
 
 from mcel_search.search.pruning import OptunaPruningScheduler
 from mcel_search.search.searcher import NUMBER_KEY
-from mcel_search.search.tracking import MlflowTrialLogger, get_or_create_experiment
+from mcel_search.search.tracking import MlflowTrialLogger, get_or_create_experiment, nearest_rank
 
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
@@ -75,13 +75,6 @@ class LoadResult:
     driver_peak_rss_mb: float
     final_flush_s: float
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _quantile(values: list[float], p: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))]
 
 
 def stored_epochs(mlflow_db: Path, experiment_id: str) -> dict[str, list[int]]:
@@ -236,10 +229,10 @@ def run_load(
         wall_s=wall,
         results=results,
         results_per_s=results / wall,
-        driver_lag_p50_s=_quantile(driver_lags, 0.5),
-        driver_lag_p99_s=_quantile(driver_lags, 0.99),
-        mlflow_lag_p50_s=_quantile(lags, 0.5),
-        mlflow_lag_p99_s=_quantile(lags, 0.99),
+        driver_lag_p50_s=nearest_rank(driver_lags, 0.5),
+        driver_lag_p99_s=nearest_rank(driver_lags, 0.99),
+        mlflow_lag_p50_s=nearest_rank(lags, 0.5),
+        mlflow_lag_p99_s=nearest_rank(lags, 0.99),
         mlflow_lag_max_s=max(lags, default=math.nan),
         lost=lost,
         duplicated=duplicated,

@@ -156,6 +156,14 @@ def _one_attempt() -> Iterator[None]:
                         os.environ[k] = v
 
 
+def nearest_rank(values: list[float], p: float) -> float:
+    """The ``p`` quantile by nearest rank: the ``ceil(p * n)``-th smallest of ``values`` (NaN if empty)."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(p * len(ordered)) - 1))]
+
+
 #: MLflow 3's UI opens an experiment by its kind: ours is model training (its runs table), not GenAI traces.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
@@ -400,11 +408,12 @@ class MlflowTrialLogger(Callback):
         lags = sorted(self.lags)
         if not lags:
             return {}
-
-        def q(p: float) -> float:
-            return lags[min(len(lags) - 1, math.ceil(p * len(lags)) - 1)]
-
-        return {"p50": q(0.50), "p99": q(0.99), "max": lags[-1], "n": float(len(lags))}
+        return {
+            "p50": nearest_rank(lags, 0.50),
+            "p99": nearest_rank(lags, 0.99),
+            "max": lags[-1],
+            "n": float(len(lags)),
+        }
 
     def _unavailable(self, pending: int) -> TrackingUnavailableError:
         return TrackingUnavailableError(
