@@ -19,6 +19,8 @@ Benchmarks (``--only`` names), each described in its module:
   in-process trials; epochs saved by pruning on the quickstart search.
 * ``load`` (:mod:`benchmarks.bench_load`): the driver at 1,000 concurrent (logical) trials against a real
   MLflow server: results/s, MLflow lag p50/p99, results lost; now vs the design before, in one process.
+* ``baselines`` (:mod:`benchmarks.bench_baselines`): wall time of a study with its CEL baseline alongside
+  (and before, as until 2026-12-02) vs the same study alone, at concurrency 2.
 
 ``--out`` (default ``benchmarks/RESULTS.md``) is rewritten with the rows that ran, and the rows are also
 stored beside it (``RESULTS.json``); ``--merge`` keeps the rows of benchmarks not run now from that
@@ -84,7 +86,7 @@ def bench_flips_rows(quick: bool, device: torch.device) -> list[Row]:
 
 
 def _benches() -> dict[str, Callable[[bool, torch.device], list[Row]]]:
-    from benchmarks import bench_eval, bench_load, bench_loader, bench_search, bench_train
+    from benchmarks import bench_baselines, bench_eval, bench_load, bench_loader, bench_search, bench_train
 
     return {
         "flips": bench_flips_rows,
@@ -96,10 +98,11 @@ def _benches() -> dict[str, Callable[[bool, torch.device], list[Row]]]:
         "search": bench_search.bench_search,
         "pruning": bench_search.bench_pruning,
         "load": bench_load.bench_load,
+        "baselines": bench_baselines.bench_baselines,
     }
 
 
-NAMES = ("flips", "sweep", "memory", "train", "loader", "scaling", "search", "pruning", "load")
+NAMES = ("flips", "sweep", "memory", "train", "loader", "scaling", "search", "pruning", "load", "baselines")
 
 NOTES = [
     "- Memory (CPU): resident-set high-water mark `VmHWM`, reset right before the measured call "

@@ -10,7 +10,9 @@
     result.selections             # one analysis.selection.Selection per (dataset, arch, bits, protocol)
     result.best                   # DataFrame: the selected point per group, its gain over CEL, its checkpoint
     result.fronts                 # {(dataset, arch, bits, protocol): Pareto front DataFrame}
-    result.result_grids           # {study: Tune ResultGrid} (and "<study>-baseline")
+    result.result_grids           # {study: Tune ResultGrid}: its trials and its CEL baseline (the result whose
+                                  # config has _mcel_role: baseline; "<study>-baseline" for searches begun
+                                  # before 2026-12-02, which ran it as a Tune run of its own)
     optuna.load_study(study_name=name, storage=url) for name, url in result.optuna_studies.items()
 
     later = mcel_search.load_results("quickstart", tracking_uri="sqlite:///mlflow.db")

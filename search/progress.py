@@ -1,6 +1,7 @@
 """A compact live view of a running search, in place of Ray Tune's status block.
 
-One :class:`SearchProgress` (a Ray Tune ``Callback``) per Tune run (a study, or its CEL baseline). On a
+One :class:`SearchProgress` (a Ray Tune ``Callback``) per Tune run (a study, with its CEL baseline as one
+more trial, labelled ``baseline``; or a baseline run of its own, as searches before 2026-12-02 had). On a
 terminal it draws with tqdm: one line for the study (trials done of all, pruned, errored, running, the best
 ``ber_acc`` so far, the ETA) and one line per running trial (its number and parameters, epoch k of n with
 tqdm's own rate, the last ``clean_acc`` and ``ber_acc``), redrawn in place; a trial that ends leaves one
@@ -30,7 +31,7 @@ from typing import IO, Any
 
 from ray.tune import Callback
 
-from .searcher import NUMBER_KEY
+from .searcher import NUMBER_KEY, is_baseline
 
 
 def trial_label(config: dict[str, Any]) -> str:
@@ -65,6 +66,7 @@ class _Trial:
     ber: float = math.nan
     bar: Any = None
     position: int = 0
+    baseline: bool = False  # the study's CEL baseline: shown, never the "best"
 
 
 @dataclass
@@ -165,7 +167,12 @@ class SearchProgress(Callback):
         key = trial.trial_id
         if key in self._running:
             return
-        t = _Trial(trial_label(trial.config), time.monotonic(), position=self._free_position())
+        t = _Trial(
+            trial_label(trial.config),
+            time.monotonic(),
+            position=self._free_position(),
+            baseline=is_baseline(trial.config),
+        )
         if self.live:
             from tqdm.auto import tqdm
 
@@ -219,7 +226,7 @@ class SearchProgress(Callback):
             line = f"{t.label}: errored at epoch {t.epoch + 1}"
         elif result.get("final"):
             line = f"{t.label}: done after {t.epoch} epochs, clean {_pct(t.clean)}, {self._ber} {_pct(t.ber)}"
-            if math.isfinite(t.ber) and (self._best is None or t.ber > self._best[0]):
+            if not t.baseline and math.isfinite(t.ber) and (self._best is None or t.ber > self._best[0]):
                 self._best = (t.ber, t.label)
         elif result.get("diverged"):
             self._errored += 1

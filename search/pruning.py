@@ -27,7 +27,9 @@ and told again.
 
 Trials are identified by the Optuna number of the search study (``_optuna_number`` in the trial config),
 stored as the user attribute ``search_number``, so a trial re-run after a restart continues its record.
-Results without the metric (e.g. ``ber_acc`` measured every k epochs) are skipped. With a ``NopPruner``
+The study's CEL baseline (a trial of the same Tune run, :class:`~.searcher.BaselineAlongside`) is never
+judged or recorded: it is the reference the trials are compared with, not a candidate. Results without the
+metric (e.g. ``ber_acc`` measured every k epochs) are skipped. With a ``NopPruner``
 (``pruner: none``) nothing is reported per epoch: no decision could come of it; finished trials are
 still told COMPLETE / FAIL with their last value.
 """
@@ -48,7 +50,7 @@ from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from ..core.errors import BadInputError
 from . import sender
-from .searcher import NUMBER_KEY
+from .searcher import NUMBER_KEY, is_baseline
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +231,7 @@ class OptunaPruningScheduler(FIFOScheduler):
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict) -> str:
         value = result.get(self._metric)
         step = result.get(self.step_key)
-        if value is None or step is None or result.get("final"):
+        if value is None or step is None or result.get("final") or is_baseline(trial.config):
             return TrialScheduler.CONTINUE
         _ = self.study  # loading the study (after a restart) marks the trials that finished before it
         key = trial_key(trial)
@@ -281,6 +283,8 @@ class OptunaPruningScheduler(FIFOScheduler):
         self._mark_dirty(key)
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict) -> None:
+        if is_baseline(trial.config):
+            return
         _ = self.study
         key = trial_key(trial)
         if key in self._finished:
@@ -294,10 +298,14 @@ class OptunaPruningScheduler(FIFOScheduler):
             self._tell(key, TrialState.PRUNED)
 
     def on_trial_error(self, tune_controller: Any, trial: Trial) -> None:
+        if is_baseline(trial.config):
+            return
         _ = self.study
         self._tell(trial_key(trial), TrialState.FAIL)
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
+        if is_baseline(trial.config):
+            return
         _ = self.study
         self._tell(trial_key(trial), TrialState.PRUNED)
 

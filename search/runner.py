@@ -4,12 +4,15 @@ search, tracked in MLflow, resumable.
 For each study ``<spec>-<arch>-<bits>b``:
 
 1. a **parent MLflow run** (found again on resume);
-2. if ``baseline.enabled``: one CEL trial with the same training and error seeds (its own small Tune run
-   ``<study>-baseline``), so every MCEL point has a paired baseline;
-3. the **search**: ``PruningAwareOptunaSearch`` over a persisted Optuna study (RDB storage, two objectives
+2. the **search**: ``PruningAwareOptunaSearch`` over a persisted Optuna study (RDB storage, two objectives
    ``clean_acc`` and ``ber_acc``, both maximized), ``OptunaPruningScheduler`` asking the spec's pruner,
    ``trials_per_arch`` trials, at most ``concurrency`` at a time, each with ``resources`` (``tune.with_resources``),
-   retried ``failure.max_retries`` times from its last checkpoint.
+   retried ``failure.max_retries`` times from its last checkpoint;
+3. if ``baseline.enabled``: one CEL trial with the same training and error seeds, so every MCEL point has a
+   paired baseline. It is one more trial of the study's Tune run, started first, next to the study's trials
+   (in a slot of its own where the cluster has room): not an Optuna trial, never pruned, ``mcel.role =
+   baseline`` in MLflow. A search begun before 2026-12-02 ran it as its own Tune run ``<study>-baseline``
+   before the study, with most slots idle meanwhile; resuming such a search continues it that way.
 
 Before anything starts, :func:`~.preflight.preflight` checks what the spec cannot check on its own (the storage path is
 writable, the tracking server answers, the data files are there, no search of the same name is in the way);
@@ -77,8 +80,8 @@ class StudyOutcome:
         default_factory=list
     )  # one per trial: state, params, metrics, run id
     baseline: dict[str, Any] | None = None
-    grid: Any = None  # the study's Tune ResultGrid
-    baseline_grid: Any = None  # the CEL baseline's Tune ResultGrid (None without a baseline)
+    grid: Any = None  # the study's Tune ResultGrid (with the CEL baseline's result, config ``_mcel_role``)
+    baseline_grid: Any = None  # a baseline's own Tune ResultGrid (searches before 2026-12-02), else None
     optuna_storage: str = ""  # where optuna.load_study(study_name=study, storage=...) finds the study
 
 
@@ -120,7 +123,8 @@ def plan(spec: SearchSpec, tracking_uri: str, storage_path: str) -> str:
     """The human-readable plan ``--dry-run`` prints."""
     lines = [
         f"search {spec.name!r} on {spec.data.name}: {len(spec.studies())} studies, "
-        f"{spec.trials_per_arch} trials each" + (" + 1 CEL baseline" if spec.baseline.enabled else ""),
+        f"{spec.trials_per_arch} trials each"
+        + (" + 1 CEL baseline trial next to them" if spec.baseline.enabled else ""),
         f"  objectives: clean_acc, ber_acc at BER {100 * spec.objective.target_ber:g}% "
         f"({spec.objective.reps} shared realizations, seed {spec.objective.seed}), both maximized",
         f"  sampler {spec.sampler.name} (seed {spec.sampler.seed}); pruner {spec.pruner.name} on {spec.pruner.metric}",
@@ -257,12 +261,18 @@ def run_search(
     num_cpus: int | None = None,
     verbose: int = 0,
     progress: bool = False,
+    baseline_alongside: bool = True,
 ) -> SearchOutcome:
     """Run (or resume) every study of ``spec``; see the module docstring.
 
     ``verbose`` is Ray Tune's own (1: its status block every few seconds); ``progress`` draws the compact
     view of :mod:`.progress` on stderr instead (``mcel search`` does, unless ``--quiet`` or
-    ``--ray-status``)."""
+    ``--ray-status``).
+
+    ``baseline_alongside`` (default): a study's CEL baseline is one more trial of the study's own Tune run,
+    next to its first trials (:class:`~.searcher.BaselineAlongside`). False: its own one-trial Tune run
+    ``<study>-baseline`` before the study, as searches before 2026-12-02 ran it (the ``baselines``
+    benchmark's "before"); a resumed search that has such a run continues it that way either way."""
     import optuna
     from mlflow.tracking import MlflowClient
     from ray import tune
@@ -270,7 +280,7 @@ def run_search(
 
     from .distinct_sampler import distinct
     from .pruning import OptunaPruningScheduler
-    from .searcher import PruningAwareOptunaSearch, SearchSpace
+    from .searcher import BaselineAlongside, PruningAwareOptunaSearch, SearchSpace
     from .storage_guard import StorageFaultGuard
     from .tracking import MlflowTrialLogger, get_or_create_experiment, parent_run
     from .trainable import mcel_trial
@@ -335,7 +345,16 @@ def run_search(
             for k, v in flat.items()
             if k.startswith(("train.", "objective.", "sweep.", "dataset", "data.", "protocol."))
         }
-        if spec.baseline.enabled:
+        baseline_config = {"loss": "cel", "logit_scale": spec.baseline.logit_scale or 1.0}
+        # The baseline runs as one more trial of the study's own Tune run (BaselineAlongside), unless this
+        # search began with a baseline run of its own (searches before 2026-12-02, or alongside=False):
+        # that run is continued as it was, before the study.
+        separate = spec.baseline.enabled and (
+            not baseline_alongside
+            or tune.Tuner.can_restore(experiment_dir(storage_path, f"{study}-baseline"))
+        )
+        alongside = spec.baseline.enabled and not separate
+        if separate:
             logger_cb = MlflowTrialLogger(
                 tracking_uri, experiment_id, parent, study, tags, fixed_params, role="baseline"
             )
@@ -348,7 +367,7 @@ def run_search(
                 tune_config=TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
                 callbacks=[logger_cb, guard, *_progress(progress, spec, f"{study}-baseline", 1)],
                 max_failures=spec.failure.max_retries,
-                param_space={"loss": "cel", "logit_scale": spec.baseline.logit_scale or 1.0},
+                param_space=baseline_config,
                 verbose=verbose,
             )
             baseline_grid = _fit(
@@ -378,23 +397,26 @@ def run_search(
             study_name=f"{study}-pruning",
             storage=optuna_url,
         )
+        runs = spec.trials_per_arch + (1 if alongside else 0)
         tuner = _tuner(
             name=study,
             storage_path=storage_path,
             trainable=trainable,
             resume=resume,
             tune_config=TuneConfig(
-                search_alg=searcher,
+                search_alg=BaselineAlongside(searcher, spec.concurrency, baseline_config)
+                if alongside
+                else searcher,
                 scheduler=scheduler,
-                num_samples=spec.trials_per_arch,
-                max_concurrent_trials=spec.concurrency,
+                num_samples=runs,
+                max_concurrent_trials=None if alongside else spec.concurrency,
                 trial_dirname_creator=trial_dirname,
                 # One worker process serves trial after trial (Ray's default starts a fresh one per trial:
                 # process start + imports each time, benchmarks/RESULTS.md `search`). Safe here: a trial
                 # seeds everything it uses and keeps no state in the process between trials.
                 reuse_actors=True,
             ),
-            callbacks=[logger_cb, guard, *_progress(progress, spec, study, spec.trials_per_arch)],
+            callbacks=[logger_cb, guard, *_progress(progress, spec, study, runs)],
             max_failures=spec.failure.max_retries,
             param_space=None,
             verbose=verbose,
@@ -571,8 +593,12 @@ def _in_chain(exc: BaseException | None, cls: type) -> BaseException | None:
 
 def trial_dirname(trial: Any) -> str:
     """Short trial directory names (Tune's default embeds every parameter)."""
+    from .searcher import is_baseline
+
     number = trial.config.get("_optuna_number")
-    return f"trial_{number:03d}_{trial.trial_id}" if number is not None else f"trial_{trial.trial_id}"
+    if number is not None:
+        return f"trial_{number:03d}_{trial.trial_id}"
+    return f"baseline_{trial.trial_id}" if is_baseline(trial.config) else f"trial_{trial.trial_id}"
 
 
 def _reconcile_optuna(url: str, study: str, grid: Any) -> None:

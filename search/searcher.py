@@ -21,6 +21,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
 from .spec import ParamSpace
@@ -29,6 +30,14 @@ logger = logging.getLogger(__name__)
 
 TUNE_ID_ATTR = "tune_trial_id"
 NUMBER_KEY = "_optuna_number"
+#: Trial-config key of a trial that is not one of the study's Optuna trials (its value: the role).
+ROLE_KEY = "_mcel_role"
+BASELINE_ROLE = "baseline"
+
+
+def is_baseline(config: Mapping[str, Any] | None) -> bool:
+    """Whether a trial config is the study's CEL baseline (set by :class:`BaselineAlongside`)."""
+    return bool(config) and config.get(ROLE_KEY) == BASELINE_ROLE
 
 
 class PruningAwareOptunaSearch(OptunaSearch):
@@ -77,6 +86,43 @@ class PruningAwareOptunaSearch(OptunaSearch):
         except Exception as exc:  # already told (e.g. after a driver restart): keep the first word
             logger.warning("Optuna tell for trial %d: %s", ot_trial.number, exc)
         self._completed_trials.add(trial_id)
+
+
+class BaselineAlongside(ConcurrencyLimiter):
+    """The study's searcher, limited to ``max_concurrent`` trials, with the CEL baseline as one more trial
+    of the same Tune run, next to them instead of before them.
+
+    The first trial Tune asks for is the baseline: ``baseline`` (its config: ``loss: cel``, its logit
+    scale) plus ``ROLE_KEY: "baseline"``. It is never an Optuna trial (Optuna is not asked, told or sent
+    its results), does not count against ``max_concurrent`` (it is one trial, not a search slot: where the
+    cluster has room it runs in one slot more, else it waits for one as any trial) and the pruning
+    scheduler and the tracker know it by its role. The Tune run therefore has ``num_samples = trials + 1``.
+
+    Which Tune trial is the baseline is this wrapper's state (``baseline_trial``), saved with Tune's
+    experiment snapshot (Tune saves a wrapper's ``get_state``) and so restored with it: a resumed run
+    neither repeats nor loses the baseline. A driver killed after the baseline was asked for but before a
+    snapshot held it asks again, as for an Optuna trial; the tracker finds its run by key
+    (``<study>#baseline``).
+    """
+
+    def __init__(self, searcher: Any, max_concurrent: int, baseline: Mapping[str, Any]) -> None:
+        super().__init__(searcher, max_concurrent=max_concurrent)
+        self.baseline_config = {**baseline, ROLE_KEY: BASELINE_ROLE}
+        self.baseline_trial: str | None = None
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self.baseline_trial is None:
+            self.baseline_trial = trial_id
+            return dict(self.baseline_config)
+        return super().suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id != self.baseline_trial:
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id != self.baseline_trial:
+            super().on_trial_complete(trial_id, result=result, error=error)
 
 
 def close_orphans(study: optuna.Study, live_numbers: set[int], reason: str) -> int:

@@ -70,7 +70,7 @@ from ..core.redact import redact_credentials
 from . import sender
 from .preflight import SEARCH_ID_KEY
 from .pruning import trial_key
-from .searcher import NUMBER_KEY
+from .searcher import BASELINE_ROLE, NUMBER_KEY, is_baseline
 from .sender import RetryingSender
 
 logger = logging.getLogger(__name__)
@@ -268,6 +268,11 @@ def _epoch_metrics(result: Mapping[str, Any], ts: int, step: int) -> list[Metric
     return metrics
 
 
+def _now_ms() -> int:
+    """Wall-clock time in milliseconds, as MLflow keeps a run's start and end."""
+    return int(time.time() * 1000)
+
+
 class MlflowTrialLogger(Callback):
     """Ray Tune callback (driver side) that writes the MLflow layout described in the module docstring.
 
@@ -308,6 +313,10 @@ class MlflowTrialLogger(Callback):
         self._resumed: dict[str, int] = {}
         self._need_params: dict[str, dict[str, Any]] = {}
         self._uncertain: set[tuple[str, int]] = set()
+        # key -> when Tune started / ended the trial (ms, taken in the driver's thread at the event): the
+        # run's start and end time, not the moment a queued call reached the server
+        self._start_ms: dict[str, int] = {}
+        self._end_ms: dict[str, int] = {}
         self.coalesce = coalesce
         self._results: dict[str, list[tuple[Trial, dict, float]]] = {}  # key -> results not yet sent
         self._scheduled: set[str] = set()  # keys with a queued _trial_results call
@@ -435,8 +444,13 @@ class MlflowTrialLogger(Callback):
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    def _role(self, trial: Trial) -> str:
+        """``baseline`` for the study's CEL baseline (by its config, when it runs in the study's own Tune
+        run, or by this logger's ``role``, for a baseline run of its own), else ``trial``."""
+        return BASELINE_ROLE if is_baseline(trial.config) else self.role
+
     def _key(self, trial: Trial) -> str:
-        return f"{self.study}#{trial_key(trial) if self.role == 'trial' else 'baseline'}"
+        return f"{self.study}#{trial_key(trial) if self._role(trial) == 'trial' else BASELINE_ROLE}"
 
     def _existing_runs(self) -> dict[str, str]:
         """``mcel.trial_key`` -> run id of the runs of this study that existed when the logger first
@@ -486,7 +500,7 @@ class MlflowTrialLogger(Callback):
         number = config.get(NUMBER_KEY)
         tags = {
             "mlflow.parentRunId": self.parent_run_id,
-            "mcel.role": self.role,
+            "mcel.role": self._role(trial),
             "mcel.study": self.study,
             "mcel.trial_key": key,
             "mcel.tune_trial_id": trial.trial_id,
@@ -497,9 +511,11 @@ class MlflowTrialLogger(Callback):
         if number is not None:
             tags["mcel.optuna_number"] = str(number)
         name = f"{self.tags.get('arch')}-{self.tags.get('bits')}b-{config.get('loss')}-" + (
-            f"t{number}" if number is not None else self.role
+            f"t{number}" if number is not None else self._role(trial)
         )
-        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        run = self.client.create_run(
+            self.experiment_id, run_name=name, tags=tags, start_time=self._start_ms.get(key)
+        )
         run_id = run.info.run_id
         params = {k: config[k] for k in TRIAL_PARAM_KEYS if k in config}
         separation = relative_separation(config)
@@ -513,6 +529,7 @@ class MlflowTrialLogger(Callback):
         return run_id
 
     def on_trial_start(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._start_ms.setdefault(self._key(trial), _now_ms())
         self._enqueue("_trial_start", trial, shard=self._key(trial))
 
     def _trial_start(self, trial: Trial) -> None:
@@ -562,7 +579,7 @@ class MlflowTrialLogger(Callback):
                 return
             tags, metrics, status = self._ending(run_id, *ending)
             self._log_results(trial, [(r, t) for _, r, t in batch], tags, metrics)
-            self._terminate(run_id, status)
+            self._terminate(run_id, status, key)
         except BaseException:
             with self._buffer_lock:
                 self._results[key] = batch + self._results.get(key, [])
@@ -751,6 +768,7 @@ class MlflowTrialLogger(Callback):
     def on_trial_complete(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         # the checkpoint is taken now: by the time the call is sent a retry may have newer ones
         key = self._key(trial)
+        self._end_ms[key] = _now_ms()
         ending = (dict(trial.last_result or {}), self._latest_checkpoint(trial))
         if self.coalesce:
             with self._buffer_lock:
@@ -771,7 +789,7 @@ class MlflowTrialLogger(Callback):
             return
         tags, metrics, status = self._ending(run_id, last_result, checkpoint)
         self._log_steps(run_id, [], tags, metrics)
-        self._terminate(run_id, status)
+        self._terminate(run_id, status, self._key(trial))
 
     def _ending(
         self, run_id: str, last_result: dict, checkpoint: Any
@@ -794,11 +812,12 @@ class MlflowTrialLogger(Callback):
         # a pruned trial was stopped, not finished: KILLED in the MLflow UI's status column
         return {"mcel.state": "completed" if final else "pruned"}, metrics, "FINISHED" if final else "KILLED"
 
-    def _terminate(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status)
+    def _terminate(self, run_id: str, status: str, key: str) -> None:
+        self.client.set_terminated(run_id, status, end_time=self._end_ms.get(key))
         self._closed.add(run_id)
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
+        self._end_ms[self._key(trial)] = _now_ms()
         self._enqueue(
             "_trial_error",
             trial,
@@ -815,7 +834,7 @@ class MlflowTrialLogger(Callback):
         self.client.set_tag(run_id, "mcel.state", "errored")
         self.client.set_tag(run_id, "mcel.error", message[:5000])
         self._upload(run_id, checkpoint)
-        self.client.set_terminated(run_id, "FAILED")
+        self.client.set_terminated(run_id, "FAILED", end_time=self._end_ms.get(self._key(trial)))
         self._closed.add(run_id)
 
 

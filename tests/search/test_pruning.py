@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
 from mcel_search.search.pruning import OptunaPruningScheduler, PruningStoreError
-from mcel_search.search.searcher import NUMBER_KEY
+from mcel_search.search.searcher import NUMBER_KEY, ROLE_KEY
 
 
 @dataclass
@@ -106,6 +106,31 @@ def test_a_restarted_scheduler_continues_running_trials_and_skips_finished_ones(
     assert frozen["n1"].intermediate_values == {1: 0.9, 2: 0.9} and frozen["n1"].value == pytest.approx(0.95)
     assert frozen["n2"].intermediate_values == {1: 0.91, 2: 0.92}
     assert frozen["n2"].state == TrialState.COMPLETE
+
+
+def test_the_baseline_is_never_judged_nor_recorded(tmp_path) -> None:
+    """The study's CEL baseline runs in the study's Tune run: a result far below every trial's median is
+    still CONTINUE, and its end (complete, error, removal) leaves no record in the pruning study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    sched = _scheduler(url)
+    base = FakeTrial(0, trial_id="base")
+    base.config = {"loss": "cel", "logit_scale": 1.0, ROLE_KEY: "baseline"}
+    a, b = FakeTrial(0), FakeTrial(1)
+    for step, acc in ((1, 0.80), (2, 0.90)):
+        assert sched.on_trial_result(None, a, {"epoch": step, "clean_acc": acc}) == TrialScheduler.CONTINUE
+    sched.on_trial_complete(None, a, {"epoch": 3, "clean_acc": 0.93, "final": True})
+    for step in (1, 2):  # b at the baseline's values would be pruned at step 2
+        assert sched.on_trial_result(None, base, {"epoch": step, "clean_acc": 0.1}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, b, {"epoch": 1, "clean_acc": 0.85}) == TrialScheduler.CONTINUE
+    assert sched.on_trial_result(None, b, {"epoch": 2, "clean_acc": 0.1}) == TrialScheduler.STOP
+    sched.on_trial_complete(None, base, {"epoch": 3, "clean_acc": 0.1, "final": True})
+    sched.on_trial_error(None, base)
+    sched.on_trial_remove(None, base)
+    sched.flush(final=True)
+    frozen = _frozen(url)
+    assert set(frozen) == {"n0", "n1"} and sched.pruned == {"n1"}
+    assert frozen["n1"].intermediate_values == {1: 0.85, 2: 0.1}  # b's own values only
 
 
 def test_nop_pruner_writes_nothing_per_epoch_and_still_records_the_outcome(tmp_path, monkeypatch) -> None:

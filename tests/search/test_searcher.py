@@ -1,6 +1,7 @@
 """search/searcher.py on real in-memory Optuna studies, no Ray cluster: the conditional define-by-run space
 built from a parsed spec, and ``PruningAwareOptunaSearch`` driven directly the way Tune drives it (suggest,
-on_trial_complete): COMPLETE / PRUNED / FAIL, orphan adoption after a driver restart, ``close_orphans``."""
+on_trial_complete): COMPLETE / PRUNED / FAIL, orphan adoption after a driver restart, ``close_orphans``; ``BaselineAlongside``
+around it as Tune's search generator drives it."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from optuna.trial import TrialState
 
 from mcel_search.search.searcher import (
     NUMBER_KEY,
+    ROLE_KEY,
     TUNE_ID_ATTR,
+    BaselineAlongside,
     PruningAwareOptunaSearch,
     SearchSpace,
     close_orphans,
@@ -335,3 +338,41 @@ def test_close_orphans_fails_running_trials_outside_the_live_set() -> None:
     assert close_orphans(study, {2}, "again") == 0  # nothing left to close
     assert close_orphans(study, set(), "end") == 1
     assert study.trials[2].state == TrialState.FAIL
+
+
+# ------------------------------------------------------------------------------------ BaselineAlongside
+
+BASELINE = {"loss": "cel", "logit_scale": 1.0}
+
+
+def test_the_baseline_is_the_first_trial_and_takes_no_search_slot() -> None:
+    searcher = make_searcher()
+    alg = BaselineAlongside(searcher, max_concurrent=2, baseline=BASELINE)
+    first = alg.suggest("base")
+    assert first == {**BASELINE, ROLE_KEY: "baseline"} and NUMBER_KEY not in first
+    assert searcher._ot_study.trials == []  # Optuna was not asked
+    a, b = alg.suggest("a"), alg.suggest("b")
+    assert (a[NUMBER_KEY], b[NUMBER_KEY]) == (0, 1)
+    assert alg.suggest("c") is None  # two search trials run: the limit counts them, not the baseline
+    alg.on_trial_complete("base", result={"final": True, "clean_acc": 0.9, "ber_acc": 0.5})
+    assert alg.suggest("c") is None  # the baseline ending frees no search slot
+    assert len(searcher._ot_study.trials) == 2  # and told Optuna nothing
+    alg.on_trial_result("base", {"clean_acc": 0.9})  # a late result of the baseline: ignored
+    alg.on_trial_complete("a", result={"final": True, "clean_acc": 0.8, "ber_acc": 0.7})
+    assert frozen(searcher, 0).state == TrialState.COMPLETE and frozen(searcher, 0).values == [0.8, 0.7]
+    c = alg.suggest("c")
+    assert c[NUMBER_KEY] == 2 and ROLE_KEY not in c  # only one baseline, ever
+
+
+def test_which_trial_is_the_baseline_survives_tunes_saved_state() -> None:
+    """Tune saves a search wrapper's ``get_state`` with its experiment snapshot and sets it on the restored
+    wrapper: the restored one does not hand out a second baseline."""
+    alg = BaselineAlongside(make_searcher(), max_concurrent=2, baseline=BASELINE)
+    alg.suggest("base")
+    alg.suggest("a")
+    state = pickle.loads(pickle.dumps(alg.get_state()))
+    restored = BaselineAlongside(make_searcher(), max_concurrent=2, baseline=BASELINE)
+    restored.set_state(state)
+    assert restored.baseline_trial == "base" and restored.live_trials == {"a"}
+    config = restored.suggest("b")
+    assert ROLE_KEY not in config and NUMBER_KEY in config

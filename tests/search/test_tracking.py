@@ -175,6 +175,67 @@ def test_a_resumed_trial_backfills_epochs_a_dead_driver_never_delivered(tmp_path
     assert got == pytest.approx({e: 0.5 + e / 10 for e in (1, 2, 3)})
 
 
+def test_the_baseline_trial_of_a_study_run_is_tracked_as_the_baseline(tmp_path) -> None:
+    """One logger serves a study's Tune run, its CEL baseline included: that trial (known by its config) is
+    ``mcel.role=baseline`` with the key ``<study>#baseline``, the one a baseline run of its own had, so a
+    search begun that way finds its run again; the study's trials stay ``trial``."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from mcel_search.search.searcher import NUMBER_KEY, ROLE_KEY
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("roles")
+    parent = client.create_run(exp, run_name="parent").info.run_id
+    tags = {"arch": "a", "bits": "4"}
+    base = SimpleNamespace(trial_id="b0", config={"loss": "cel", "logit_scale": 1.0, ROLE_KEY: "baseline"})
+    trial = SimpleNamespace(trial_id="t0", config={NUMBER_KEY: 0, "loss": "mcel", "margin": 2.0, "b": 4.0})
+    study_logger = MlflowTrialLogger(uri, exp, parent, "study", tags, {}, background=False)
+    base_run, trial_run = study_logger.run_id(base), study_logger.run_id(trial)
+    got = {r: client.get_run(r).data.tags for r in (base_run, trial_run)}
+    assert got[base_run]["mcel.role"] == "baseline" and got[base_run]["mcel.trial_key"] == "study#baseline"
+    assert "mcel.optuna_number" not in got[base_run]
+    assert client.get_run(base_run).info.run_name == "a-4b-cel-baseline"
+    assert got[trial_run]["mcel.role"] == "trial" and got[trial_run]["mcel.trial_key"] == "study#n0"
+    old_style = SimpleNamespace(trial_id="b1", config={"loss": "cel", "logit_scale": 1.0})
+    separate = MlflowTrialLogger(uri, exp, parent, "study", tags, {}, role="baseline", background=False)
+    assert separate.run_id(old_style) == base_run
+
+
+def test_a_runs_start_and_end_are_the_trials_not_when_the_calls_were_sent(tmp_path, monkeypatch) -> None:
+    """MLflow's start and end time of a trial's run are taken at Tune's start and end events in the
+    driver; the calls that carry them may reach the server much later (the sender queue)."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from mcel_search.search import tracking
+    from mcel_search.search.searcher import NUMBER_KEY
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("times")
+    parent = client.create_run(exp, run_name="parent").info.run_id
+    trial = SimpleNamespace(
+        trial_id="t0",
+        config={NUMBER_KEY: 0, "loss": "cel", "logit_scale": 1.0},
+        last_result={"epoch": 1, "clean_acc": 0.5},
+        checkpoint=None,
+    )
+    lg = MlflowTrialLogger(uri, exp, parent, "study", {"arch": "a", "bits": "4"}, {}, background=False)
+    clock = iter([1_000_000, 2_000_000])
+    monkeypatch.setattr(tracking, "_now_ms", lambda: next(clock))
+    lg.on_trial_start(0, [], trial)  # sent at once here (no sender thread), long after the stubbed clock
+    lg.on_trial_result(0, [], trial, {"epoch": 1, "clean_acc": 0.5})
+    lg.on_trial_complete(0, [], trial)
+    lg.flush(final=True)
+    info = client.get_run(lg.run_id(trial)).info
+    assert (info.start_time, info.end_time) == (1_000_000, 2_000_000)
+    assert info.status == "KILLED"  # no final result: a pruned trial
+
+
 def test_one_attempt_is_shared_by_sender_threads_and_restores_the_environment_once(monkeypatch) -> None:
     """Several sender threads make their MLflow calls inside ``_one_attempt`` at once: the variables stay
     set until the last one leaves (a thread leaving first must not restore them under another's call), and
