@@ -79,7 +79,9 @@ def test_a_search_begun_with_a_baseline_run_of_its_own_resumes_that_way(
     base = [r for r in runs if r.data.tags["mcel.role"] == "baseline"]
     assert len(base) == 1
     # the baseline ran before the study: it ended before any trial started
-    assert all(base[0].info.end_time <= r.info.start_time for r in runs if r.data.tags["mcel.role"] == "trial")
+    assert all(
+        base[0].info.end_time <= r.info.start_time for r in runs if r.data.tags["mcel.role"] == "trial"
+    )
 
     resumed = run_search(spec, resume=True)  # the default is alongside: the stored layout wins
     (r,) = resumed.studies
