@@ -28,10 +28,10 @@ def _optuna(tmp_path, name: str, study: str) -> optuna.Study:
 def test_the_baseline_runs_in_the_studys_tune_run_next_to_its_trials(
     tmp_path, mlflow_server, local_ray, small_spec
 ) -> None:
-    """concurrency 1 on a 2-CPU Ray: the search's one slot and one more for the baseline, so the baseline
-    overlaps the first trial in time. It is in the study's ResultGrid, not in a Tune run of its own; Optuna
-    and the pruning study hold the 2 search trials only; MLflow one baseline run. A resume re-runs
-    nothing and adds no baseline."""
+    """concurrency 1 on a 2-CPU Ray: the search's one slot and one more for the baseline; the study's first
+    trial does not wait for the baseline to end. The baseline is in the study's ResultGrid, not in a Tune
+    run of its own; Optuna and the pruning study hold the 2 search trials only; MLflow one baseline run.
+    A resume re-runs nothing and adds no baseline."""
     spec = parse_spec(small_spec("along", **STUDY_OVERRIDES, train={**small_spec("x")["train"], "epochs": 2}))
     study = "along-small_cnn-4b"
     outcome = run_search(spec)
@@ -46,10 +46,11 @@ def test_the_baseline_runs_in_the_studys_tune_run_next_to_its_trials(
     assert len(base) == 1 and len(trials) == 2
     assert base[0].data.params["loss"] == "cel" and base[0].data.tags["mcel.state"] == "completed"
     assert s.baseline is not None and s.baseline["run_id"] == base[0].info.run_id
-    first = min(trials, key=lambda r: r.info.start_time)
-    # alongside: the baseline started before the first trial ended, and the first trial before it ended
-    assert base[0].info.start_time < first.info.end_time and first.info.start_time < base[0].info.end_time
     search = _optuna(tmp_path, "along", study)
+    # alongside: the study's first trial was asked for (Optuna's start) while the baseline still ran (run
+    # times are Tune's start and end events); before, no study trial existed until the baseline's run ended
+    asked = min(t.datetime_start.timestamp() for t in search.trials) * 1000
+    assert asked < base[0].info.end_time, (base[0].info, asked)
     assert sorted(t.number for t in search.trials) == [0, 1]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in search.trials)
     assert all(t.params.get("loss", "mcel") == "mcel" for t in search.trials)
