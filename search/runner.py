@@ -1,7 +1,8 @@
 """Run a validated search spec: per (architecture, bits) a CEL baseline trial and an Optuna-driven Ray Tune
 search, tracked in MLflow, resumable.
 
-For each study ``<spec>-<arch>-<bits>b``:
+For each study ``<spec>-<arch>-<bits>b`` (``studies_at_once`` of them at the same time, each in a thread of
+the driver with its own Tune run: :func:`studies_at_once`, :func:`_run_studies`):
 
 1. a **parent MLflow run** (found again on resume);
 2. the **search**: ``PruningAwareOptunaSearch`` over a persisted Optuna study (RDB storage, two objectives
@@ -32,9 +33,12 @@ without it an existing run is an error (so a second search cannot silently mix w
 from __future__ import annotations
 
 import logging
+import math
 import os
+import threading
 import traceback
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +136,12 @@ def plan(spec: SearchSpec, tracking_uri: str, storage_path: str) -> str:
         + ", ".join(f"{k} {v}" for k, v in spec.protocol.to_dict().items() if k != "preset"),
         f"  per trial: {spec.train.epochs} epochs, {spec.resources.cpu:g} CPU, {spec.resources.gpu:g} GPU; "
         f"at most {spec.concurrency} at once; {spec.failure.max_retries} retries",
+        "  studies at once: "
+        + (
+            "as many as the cluster holds at full concurrency (auto)"
+            if spec.studies_at_once == "auto"
+            else str(spec.studies_at_once)
+        ),
         f"  final curve: BERs {', '.join(f'{100 * b:g}%' for b in spec.sweep.bers)} x {spec.sweep.reps} realizations; "
         f"tolerable BER within {spec.sweep.tolerance:g} points of clean "
         f"({spec.sweep.tolerable_iters} bisection steps, each {spec.sweep.reps} passes)",
@@ -322,7 +332,8 @@ def run_search(
         k: redact_credentials(v) if isinstance(v, str) else v for k, v in flatten(spec_to_dict(spec)).items()
     }
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    outcomes = []
+    # one at a time in this thread: each study's parent run and Optuna study (a new store's tables once)
+    jobs = []
     for arch, bits in spec.studies():
         study = spec.study_name(arch, bits)
         search_id = _search_id(optuna_url, study)
@@ -337,6 +348,14 @@ def run_search(
         parent = parent_run(client, experiment_id, study, tags, flat)
         # where optuna.load_study finds this study (mcel_search.load_results reads it back)
         client.set_tag(parent, OPTUNA_STORAGE_TAG, redact_credentials(optuna_url))
+        jobs.append((arch, bits, study, tags, parent))
+    at_once = studies_at_once(spec, _cluster_resources())
+    if at_once > 1:
+        logger.info("%d of the %d studies run at once (studies_at_once)", at_once, len(jobs))
+    live = None if at_once == 1 else False  # several studies' bars would draw over each other: lines
+
+    def run_study(arch: str, bits: int, study: str, tags: dict[str, str], parent: str) -> StudyOutcome:
+        client = MlflowClient(tracking_uri)  # one per thread
         context = _context(spec, arch, bits)
         baseline_grid = None
         trainable = tune.with_resources(tune.with_parameters(mcel_trial, context=context), resources)
@@ -365,7 +384,7 @@ def run_search(
                 trainable=trainable,
                 resume=resume,
                 tune_config=TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
-                callbacks=[logger_cb, guard, *_progress(progress, spec, f"{study}-baseline", 1)],
+                callbacks=[logger_cb, guard, *_progress(progress, spec, f"{study}-baseline", 1, live)],
                 max_failures=spec.failure.max_retries,
                 param_space=baseline_config,
                 verbose=verbose,
@@ -416,7 +435,7 @@ def run_search(
                 # seeds everything it uses and keeps no state in the process between trials.
                 reuse_actors=True,
             ),
-            callbacks=[logger_cb, guard, *_progress(progress, spec, study, runs)],
+            callbacks=[logger_cb, guard, *_progress(progress, spec, study, runs, live)],
             max_failures=spec.failure.max_retries,
             param_space=None,
             verbose=verbose,
@@ -431,10 +450,113 @@ def run_search(
         outcome = _study_outcome(client, experiment_id, study, arch, bits, parent)
         outcome.grid, outcome.baseline_grid = grid, baseline_grid
         outcome.optuna_storage = redact_credentials(optuna_url)
-        outcomes.append(outcome)
+        return outcome
+
+    outcomes = _run_studies(run_study, jobs, at_once)
     return SearchOutcome(
         experiment_id=experiment_id, tracking_uri=tracking_uri, storage_path=storage_path, studies=outcomes
     )
+
+
+def _cluster_resources() -> dict[str, float]:
+    """The Ray cluster's resources now (``ray.cluster_resources()``: the nodes that are up)."""
+    import ray
+
+    return dict(ray.cluster_resources())
+
+
+def studies_at_once(spec: SearchSpec, cluster: Mapping[str, float]) -> int:
+    """How many of ``spec``'s (architecture, bits) studies run at the same time.
+
+    An integer ``studies_at_once`` is taken as it is (at most the number of studies). ``auto``: as many as
+    the cluster's resources now hold with every study at its full ``concurrency``::
+
+        n = min(studies, floor(CPU / (concurrency * resources.cpu)),
+                         floor(GPU / (concurrency * resources.gpu)) if resources.gpu > 0)
+
+    and at least 1 (a cluster too small for even one study at full concurrency runs them one by one, as
+    an autoscaling cluster whose nodes are not up yet does). The CEL baseline trial is not counted: it takes
+    one slot for one trial's time."""
+    studies = len(spec.studies())
+    if spec.studies_at_once != "auto":
+        return max(1, min(studies, int(spec.studies_at_once)))
+    fits = []
+    for key, per_trial in (("CPU", spec.resources.cpu), ("GPU", spec.resources.gpu)):
+        if per_trial > 0:
+            fits.append(math.floor(float(cluster.get(key, 0.0)) / (spec.concurrency * per_trial) + 1e-9))
+    return max(1, min([studies, *fits]))
+
+
+def _run_studies(run_study: Any, jobs: list[tuple], at_once: int) -> list[StudyOutcome]:
+    """``run_study(*job)`` for every job, ``at_once`` at a time (threads: each study's Tune run has its own
+    controller; Tune catches Ctrl+C only in the main thread), outcomes in the jobs' order.
+
+    A study that raises does not stop the others that run (their Tune runs end on their own, their state
+    saved as always); the studies not started yet are not started, and the first error in spec order is
+    raised once all have ended (the others are logged). Ctrl+C while several run ends the driver as a kill
+    would (Tune's state is snapshotted every second; ``--resume`` continues every study from its trials'
+    last checkpoints, no metric lost): Tune's own graceful stop answers Ctrl+C in the main thread only."""
+    if at_once <= 1:
+        return [run_study(*job) for job in jobs]
+    from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+    _lock_tune_registry()
+    pool = ThreadPoolExecutor(max_workers=at_once, thread_name_prefix="mcel-study")
+    futures: dict[int, Future] = {}  # job index -> its future, for the jobs started
+    waiting = list(range(len(jobs)))
+    running: set[Future] = set()
+    failed = False
+    try:
+        while waiting or running:
+            while not failed and waiting and len(running) < at_once:  # a study starts only in a free slot
+                i = waiting.pop(0)
+                futures[i] = pool.submit(run_study, *jobs[i])
+                running.add(futures[i])
+            if not running:
+                break
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            failed = failed or any(f.exception() is not None for f in done)
+    except KeyboardInterrupt:
+        logger.error(
+            "interrupted while %d studies ran: the driver stops as if killed; rerun with --resume to "
+            "continue every study from its trials' last checkpoints",
+            len(running),
+        )
+        logging.shutdown()
+        os._exit(130)
+    pool.shutdown(wait=True)
+    errors = [futures[i].exception() for i in sorted(futures) if futures[i].exception() is not None]
+    for extra in errors[1:]:
+        logger.error("another study failed too: %s", extra)
+    if errors:
+        raise errors[0]
+    return [futures[i].result() for i in range(len(jobs))]
+
+
+#: Methods of Tune's process-wide trainable registry that read or change its dicts.
+_REGISTRY_METHODS = ("register", "flush_values", "unregister", "unregister_all", "contains", "get")
+
+
+def _lock_tune_registry() -> None:
+    """Serialize Tune's process-wide trainable registry (``ray.tune.registry._global_registry``, Ray 2.60)
+    for Tune runs in several threads: every ``Tuner.fit`` registers its trainable there, and two at once
+    iterate and change the same dict ("dictionary changed size during iteration", seen on the first
+    two-study run here). Installed once per process; the registry's behaviour is otherwise unchanged."""
+    from ray.tune import registry
+
+    reg = registry._global_registry
+    if getattr(reg, "_mcel_lock", None) is not None:
+        return
+    lock = threading.RLock()
+    for name in _REGISTRY_METHODS:
+        method = getattr(reg, name)
+
+        def locked(*args: Any, _method: Any = method, **kwargs: Any) -> Any:
+            with lock:
+                return _method(*args, **kwargs)
+
+        setattr(reg, name, locked)
+    reg._mcel_lock = lock
 
 
 def _flush_pruning(scheduler: Any) -> None:
@@ -450,8 +572,9 @@ def _flush_pruning(scheduler: Any) -> None:
         scheduler.close()
 
 
-def _progress(on: bool, spec: SearchSpec, name: str, total: int) -> list:
-    """``[SearchProgress]`` for the Tune run ``name`` when ``on``, else ``[]``."""
+def _progress(on: bool, spec: SearchSpec, name: str, total: int, live: bool | None = None) -> list:
+    """``[SearchProgress]`` for the Tune run ``name`` when ``on``, else ``[]``; ``live=False``: plain lines
+    even on a terminal (several studies at once)."""
     if not on:
         return []
     from .progress import SearchProgress
@@ -463,6 +586,7 @@ def _progress(on: bool, spec: SearchSpec, name: str, total: int) -> list:
             epochs=spec.train.epochs,
             concurrency=min(spec.concurrency, total),
             target_ber=spec.objective.target_ber,
+            live=live,
         )
     ]
 

@@ -66,6 +66,8 @@ A complete spec, every key shown (only ``name``, ``dataset``, ``architectures``,
       tolerable_iters: 4           # bisection steps between grid BERs, each `reps` passes; 0: grid only
     trials_per_arch: 12            # trials of each study, i.e. of each (architecture, bits) pair; >= 1
     concurrency: 1                 # trials running at once; >= 1
+    studies_at_once: auto          # (architecture, bits) studies running at once: auto (as many as the
+                                   # cluster's resources hold, each at full concurrency) or 1..1000
     resources: {cpu: 1.0, gpu: 0.0}    # per trial; fractional GPUs (<= 1) allowed
     sampler:                       # or just the name: `sampler: tpe`
       name: nsga2                  # nsga2, tpe or random (optuna.samplers)
@@ -150,6 +152,7 @@ MAX_TRIALS = 100_000  # trials_per_arch, concurrency
 MAX_REPS = 10_000  # error realizations per measurement
 MAX_SAMPLES = 10**9  # limit_train, limit_test, objective.subset
 MAX_RETRIES = 1_000  # failure.max_retries
+MAX_STUDIES = 1_000  # studies_at_once
 #: Bit widths a spec may name (1 = binary, 32 = float); each architecture supports a subset.
 BITS: tuple[int, ...] = (1, 2, 4, 8, 32)
 #: Forms of a searched parameter.
@@ -325,6 +328,7 @@ class SearchSpec:
     # inputs, biases, arithmetic, output scale, decode (core.protocol): YAML `protocol: paper`, or a mapping
     # {preset: paper, decode: clean, ...}; default: ours
     protocol: Protocol = DEFAULT
+    studies_at_once: int | str = "auto"  # "auto" or an integer >= 1 (search.runner.studies_at_once)
 
     def experiment_name(self) -> str:
         """The MLflow experiment: ``tracking.experiment`` or the spec's name."""
@@ -836,6 +840,11 @@ def parse_spec(data: Any, *, source: str = "<dict>", early: Sequence[str] = ()) 
         else None
     )
     concurrency = check_int(errs, "concurrency", raw.get("concurrency", 1), ge=1, le=MAX_TRIALS)
+    at_once = raw.get("studies_at_once", "auto")
+    if at_once != "auto" and not (is_int(at_once) and 1 <= at_once <= MAX_STUDIES):
+        errs.add("studies_at_once", at_once, f"auto, or an integer >= 1 and <= {MAX_STUDIES:_}")
+    elif at_once != "auto":
+        at_once = int(at_once)
     spec_kwargs = {
         "resources": _resources(errs, get("resources")),
         "sampler": _sampler(errs, get("sampler")),
@@ -845,6 +854,7 @@ def parse_spec(data: Any, *, source: str = "<dict>", early: Sequence[str] = ()) 
         "storage": _storage(errs, get("storage")),
         "failure": _failure(errs, get("failure")),
         "protocol": protocol,
+        "studies_at_once": at_once,
     }
     if errs.lines:
         raise SpecError(errs.lines, source)
