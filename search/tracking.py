@@ -268,6 +268,10 @@ def _epoch_metrics(result: Mapping[str, Any], ts: int, step: int) -> list[Metric
     return metrics
 
 
+#: ``mcel.state`` of a run that has ended.
+FINISHED_STATES = ("completed", "pruned", "errored")
+
+
 def _now_ms() -> int:
     """Wall-clock time in milliseconds, as MLflow keeps a run's start and end."""
     return int(time.time() * 1000)
@@ -317,6 +321,7 @@ class MlflowTrialLogger(Callback):
         # run's start and end time, not the moment a queued call reached the server
         self._start_ms: dict[str, int] = {}
         self._end_ms: dict[str, int] = {}
+        self._ended_here: set[str] = set()  # keys whose end event this driver saw (on_trial_complete/error)
         self.coalesce = coalesce
         self._results: dict[str, list[tuple[Trial, dict, float]]] = {}  # key -> results not yet sent
         self._scheduled: set[str] = set()  # keys with a queued _trial_results call
@@ -326,6 +331,7 @@ class MlflowTrialLogger(Callback):
         self._buffer_lock = threading.Lock()
         self._prefetch_lock = threading.Lock()
         self._prefetched: dict[str, str] | None = None
+        self._prefetched_states: dict[str, str] = {}  # key -> mcel.state of the run when first looked
         #: seconds from each result's event to its log_batch returning (the last LAG_WINDOW results)
         self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self.results_logged = 0  # results handed to MLflow (one epoch each; a repeat counts once more)
@@ -370,6 +376,8 @@ class MlflowTrialLogger(Callback):
             _buffer_lock=None,
             _prefetch_lock=None,
             _prefetched=None,
+            _prefetched_states={},
+            _ended_here=set(),  # a restored logger has seen no end event: the dead driver's may be unsent
             lags=deque(maxlen=LAG_WINDOW),
         )
         return state  # the senders pickle themselves empty (RetryingSender.__getstate__)
@@ -433,10 +441,51 @@ class MlflowTrialLogger(Callback):
         )
 
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
+        self._end_restored(trials)
         try:
             self.flush(final=True)
         finally:
             self.close()
+
+    def _end_restored(self, trials: list[Trial]) -> None:
+        """End the runs of trials that ended before a driver restart but whose end never reached MLflow.
+
+        Tune's snapshot can hold a trial as TERMINATED or ERROR while the dead driver still had its last
+        epochs and its run's end queued: the restored run does not train it again, so no event would come.
+        Such a run (found by its key, not yet ``completed`` / ``pruned`` / ``errored``) gets the epochs it
+        lacks from the trial's last checkpoint (``trainer.pt`` keeps every epoch's scalar results) and its
+        ending from the trial's last result, as if the events had come. Runs ended by this driver, or
+        finished in MLflow already (one search of the study's runs tells), are left alone."""
+        ended = [t for t in trials if str(getattr(t, "status", "")) in ("TERMINATED", "ERROR")]
+        if not [t for t in ended if self._key(t) not in self._ended_here]:
+            return
+        self._existing_runs()
+        for trial in ended:
+            key = self._key(trial)
+            status = str(trial.status)
+            if key in self._ended_here or self._prefetched_states.get(key) in FINISHED_STATES:
+                continue
+            self._ended_here.add(key)
+            last = dict(getattr(trial, "last_result", None) or {})
+            if last.get("timestamp"):
+                self._end_ms.setdefault(key, int(float(last["timestamp"]) * 1000))
+            checkpoint = self._latest_checkpoint(trial)
+            self._enqueue("_restored_end", trial, status, last, checkpoint, shard=key)
+
+    def _restored_end(self, trial: Trial, status: str, last: dict, checkpoint: Any) -> None:
+        run_id = self.run_id(trial)
+        if run_id in self._closed:
+            return
+        logger.info("ending the MLflow run of %s, which ended before the driver restarted", self._key(trial))
+        earlier = _reported_epochs(checkpoint)
+        if earlier and last:
+            self._log_results(trial, [({**last, "backfill": earlier}, None)])
+        if status == "ERROR":
+            self._trial_error(trial, _error_message(trial), checkpoint)
+            return
+        tags, metrics, run_status = self._ending(run_id, last, checkpoint)
+        self._log_steps(run_id, [], tags, metrics)
+        self._terminate(run_id, run_status, self._key(trial))
 
     @property
     def client(self) -> MlflowClient:
@@ -470,8 +519,9 @@ class MlflowTrialLogger(Callback):
                     )
                     for run in page:
                         key = run.data.tags.get("mcel.trial_key")
-                        if key is not None:
-                            found.setdefault(key, run.info.run_id)  # the oldest, as find_run
+                        if key is not None and key not in found:  # the oldest, as find_run
+                            found[key] = run.info.run_id
+                            self._prefetched_states[key] = run.data.tags.get("mcel.state", "")
                     token = page.token
                     if not token:
                         break
@@ -490,7 +540,7 @@ class MlflowTrialLogger(Callback):
         found = self._existing_runs().get(key)
         if found:
             self._runs[key] = found
-            if self.client.get_run(found).data.tags.get("mcel.state") in ("completed", "pruned", "errored"):
+            if self.client.get_run(found).data.tags.get("mcel.state") in FINISHED_STATES:
                 self._closed.add(found)  # finished before a driver restart: nothing more to log
             history = self.client.get_metric_history(found, "train_loss")
             self._last_step[found] = max((m.step for m in history), default=0)
@@ -769,6 +819,7 @@ class MlflowTrialLogger(Callback):
         # the checkpoint is taken now: by the time the call is sent a retry may have newer ones
         key = self._key(trial)
         self._end_ms[key] = _now_ms()
+        self._ended_here.add(key)
         ending = (dict(trial.last_result or {}), self._latest_checkpoint(trial))
         if self.coalesce:
             with self._buffer_lock:
@@ -818,6 +869,7 @@ class MlflowTrialLogger(Callback):
 
     def on_trial_error(self, iteration: int, trials: list[Trial], trial: Trial, **info: Any) -> None:
         self._end_ms[self._key(trial)] = _now_ms()
+        self._ended_here.add(self._key(trial))
         self._enqueue(
             "_trial_error",
             trial,
@@ -836,6 +888,26 @@ class MlflowTrialLogger(Callback):
         self._upload(run_id, checkpoint)
         self.client.set_terminated(run_id, "FAILED", end_time=self._end_ms.get(self._key(trial)))
         self._closed.add(run_id)
+
+
+def _reported_epochs(checkpoint: Any) -> list[dict]:
+    """Every epoch's scalar results kept in a checkpoint's ``trainer.pt`` (``search.trainable``), or []."""
+    if checkpoint is None:
+        return []
+    import torch
+
+    from .trainable import REPORTED_KEY, TRAINER_FILE
+
+    try:
+        with checkpoint.as_directory() as d:
+            path = Path(d) / TRAINER_FILE
+            if not path.exists():
+                return []
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # an unreadable checkpoint: the run keeps what it has
+        logger.warning("could not read the epochs of checkpoint %s: %s", checkpoint, exc)
+        return []
+    return [dict(r) for r in state.get(REPORTED_KEY, []) if isinstance(r, dict)]
 
 
 def _error_message(trial: Trial) -> str:

@@ -236,6 +236,66 @@ def test_a_runs_start_and_end_are_the_trials_not_when_the_calls_were_sent(tmp_pa
     assert info.status == "KILLED"  # no final result: a pruned trial
 
 
+def test_a_trial_that_ended_before_a_restart_gets_its_lost_epochs_and_end(tmp_path) -> None:
+    """The dead driver delivered epoch 1 of trial 0 only; Tune's snapshot holds it TERMINATED (final), so
+    the resumed run never trains it again. At the end of the resumed run the logger (unpickled, as Tune
+    restores it) logs epochs 2-3 from the trial's checkpoint (``trainer.pt``) and ends the run completed.
+    Trial 1, errored, is ended errored; trial 2, whose run was completed before, is not touched."""
+    import pickle
+    from types import SimpleNamespace
+
+    import torch
+    from mlflow.tracking import MlflowClient
+    from ray.tune import Checkpoint
+
+    from mcel_search.search.searcher import NUMBER_KEY
+    from mcel_search.search.trainable import REPORTED_KEY, TRAINER_FILE
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("restored")
+    parent = client.create_run(exp, run_name="parent").info.run_id
+    epochs = [{"epoch": e, "train_loss": 1.0 / e, "clean_acc": 0.5 + e / 10} for e in (1, 2, 3)]
+    ckpt_dir = tmp_path / "ckpt"
+    ckpt_dir.mkdir()
+    torch.save({"model": {}, REPORTED_KEY: epochs}, ckpt_dir / TRAINER_FILE)
+
+    def trial(n: int, status: str, final: bool) -> SimpleNamespace:
+        return SimpleNamespace(
+            trial_id=f"t{n}",
+            config={NUMBER_KEY: n, "loss": "cel", "logit_scale": 1.0},
+            status=status,
+            last_result={**epochs[2], "final": final, "timestamp": 1_700_000_000},
+            checkpoint=Checkpoint.from_directory(str(ckpt_dir)),
+            error_file=None,
+            error_msg="RuntimeError: boom",
+        )
+
+    def new_logger() -> MlflowTrialLogger:
+        return MlflowTrialLogger(uri, exp, parent, "study", {"arch": "a", "bits": "4"}, {}, background=False)
+
+    done, failed, old = trial(0, "TERMINATED", True), trial(1, "ERROR", False), trial(2, "TERMINATED", True)
+    dead = new_logger()
+    dead._trial_result(done, epochs[0])  # delivered; epochs 2-3 and the end were still queued
+    dead._trial_result(failed, epochs[0])
+    dead._trial_result(old, epochs[0])
+    dead._trial_complete(old, old.last_result, None)  # this one's end did arrive
+    old_steps = sorted(m.step for m in client.get_metric_history(dead.run_id(old), "clean_acc"))
+    restored = pickle.loads(pickle.dumps(new_logger()))
+    restored.on_experiment_end([done, failed, old])
+    run = client.get_run(dead.run_id(done))
+    assert run.data.tags["mcel.state"] == "completed" and run.info.status == "FINISHED"
+    assert run.info.end_time == 1_700_000_000_000  # the trial's last result, not the resumed driver's clock
+    for key in ("train_loss", "clean_acc"):
+        assert sorted(m.step for m in client.get_metric_history(run.info.run_id, key)) == [1, 2, 3], key
+    errored = client.get_run(dead.run_id(failed))
+    assert errored.data.tags["mcel.state"] == "errored" and errored.info.status == "FAILED"
+    assert "boom" in errored.data.tags["mcel.error"]
+    assert (
+        sorted(m.step for m in client.get_metric_history(dead.run_id(old), "clean_acc")) == old_steps == [1]
+    )
+
+
 def test_one_attempt_is_shared_by_sender_threads_and_restores_the_environment_once(monkeypatch) -> None:
     """Several sender threads make their MLflow calls inside ``_one_attempt`` at once: the variables stay
     set until the last one leaves (a thread leaving first must not restore them under another's call), and
