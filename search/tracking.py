@@ -322,6 +322,7 @@ class MlflowTrialLogger(Callback):
         self._start_ms: dict[str, int] = {}
         self._end_ms: dict[str, int] = {}
         self._ended_here: set[str] = set()  # keys whose end event this driver saw (on_trial_complete/error)
+        self._restored_ended: set[str] | None = None  # keys of the trials already ended at the first step
         self.coalesce = coalesce
         self._results: dict[str, list[tuple[Trial, dict, float]]] = {}  # key -> results not yet sent
         self._scheduled: set[str] = set()  # keys with a queued _trial_results call
@@ -378,6 +379,7 @@ class MlflowTrialLogger(Callback):
             _prefetched=None,
             _prefetched_states={},
             _ended_here=set(),  # a restored logger has seen no end event: the dead driver's may be unsent
+            _restored_ended=None,
             lags=deque(maxlen=LAG_WINDOW),
         )
         return state  # the senders pickle themselves empty (RetryingSender.__getstate__)
@@ -440,6 +442,12 @@ class MlflowTrialLogger(Callback):
             "continue the unfinished trials"
         )
 
+    def on_step_begin(self, iteration: int, trials: list[Trial], **info: Any) -> None:
+        if self._restored_ended is None:  # the first step: the trials a restored run began with
+            self._restored_ended = {
+                self._key(t) for t in trials if str(getattr(t, "status", "")) in ("TERMINATED", "ERROR")
+            }
+
     def on_experiment_end(self, trials: list[Trial], **info: Any) -> None:
         self._end_restored(trials)
         try:
@@ -452,11 +460,14 @@ class MlflowTrialLogger(Callback):
 
         Tune's snapshot can hold a trial as TERMINATED or ERROR while the dead driver still had its last
         epochs and its run's end queued: the restored run does not train it again, so no event would come.
+        Only the trials that were already ended when this run began (seen at its first step) are
+        concerned: a trial that ends now gets its own events (or, stopped by a storage fault, stays
+        ``running``, to be resumed).
         Such a run (found by its key, not yet ``completed`` / ``pruned`` / ``errored``) gets the epochs it
         lacks from the trial's last checkpoint (``trainer.pt`` keeps every epoch's scalar results) and its
         ending from the trial's last result, as if the events had come. Runs ended by this driver, or
         finished in MLflow already (one search of the study's runs tells), are left alone."""
-        ended = [t for t in trials if str(getattr(t, "status", "")) in ("TERMINATED", "ERROR")]
+        ended = [t for t in trials if self._key(t) in (self._restored_ended or ())]
         if not [t for t in ended if self._key(t) not in self._ended_here]:
             return
         self._existing_runs()

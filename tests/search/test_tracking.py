@@ -282,7 +282,10 @@ def test_a_trial_that_ended_before_a_restart_gets_its_lost_epochs_and_end(tmp_pa
     dead._trial_complete(old, old.last_result, None)  # this one's end did arrive
     old_steps = sorted(m.step for m in client.get_metric_history(dead.run_id(old), "clean_acc"))
     restored = pickle.loads(pickle.dumps(new_logger()))
-    restored.on_experiment_end([done, failed, old])
+    later = trial(3, "RUNNING", False)
+    restored.on_step_begin(0, [done, failed, old, later])  # the trials the restored run began with
+    later.status = "ERROR"  # ended in this run (e.g. stopped by a full disk): not this path's to end
+    restored.on_experiment_end([done, failed, old, later])
     run = client.get_run(dead.run_id(done))
     assert run.data.tags["mcel.state"] == "completed" and run.info.status == "FINISHED"
     assert run.info.end_time == 1_700_000_000_000  # the trial's last result, not the resumed driver's clock
