@@ -467,14 +467,15 @@ class MlflowTrialLogger(Callback):
         lacks from the trial's last checkpoint (``trainer.pt`` keeps every epoch's scalar results) and its
         ending from the trial's last result, as if the events had come. Runs ended by this driver, or
         finished in MLflow already (one search of the study's runs tells), are left alone."""
-        ended = [t for t in trials if self._key(t) in (self._restored_ended or ())]
-        if not [t for t in ended if self._key(t) not in self._ended_here]:
+        before = self._restored_ended or set()
+        pending = [t for t in trials if self._key(t) in before and self._key(t) not in self._ended_here]
+        if not pending:
             return
         self._existing_runs()
-        for trial in ended:
+        for trial in pending:
             key = self._key(trial)
             status = str(trial.status)
-            if key in self._ended_here or self._prefetched_states.get(key) in FINISHED_STATES:
+            if self._prefetched_states.get(key) in FINISHED_STATES:
                 continue
             self._ended_here.add(key)
             last = dict(getattr(trial, "last_result", None) or {})
@@ -493,10 +494,8 @@ class MlflowTrialLogger(Callback):
             self._log_results(trial, [({**last, "backfill": earlier}, None)])
         if status == "ERROR":
             self._trial_error(trial, _error_message(trial), checkpoint)
-            return
-        tags, metrics, run_status = self._ending(run_id, last, checkpoint)
-        self._log_steps(run_id, [], tags, metrics)
-        self._terminate(run_id, run_status, self._key(trial))
+        else:
+            self._trial_complete(trial, last, checkpoint)
 
     @property
     def client(self) -> MlflowClient:
