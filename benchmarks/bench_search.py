@@ -4,7 +4,10 @@
   study in SQLite, MLflow tracking into a SQLite store, checkpoints every epoch) against the same ``N``
   :class:`core.experiment.TrialSpec` s run back to back in this process by :func:`core.experiment.run_trial`
   with the trainable's per-epoch evaluation (clean accuracy and the objective's BER accuracy every epoch,
-  the final BER curve and margins at the end). Both at parallelism 1 (``concurrency: 1``, one CPU and one
+  the final BER curve, the tolerable BER's bisection steps and margins at the end: what a trial computes,
+  so that only the search machinery is left in the difference; until 2026-12-02 the in-process side
+  skipped the tolerable BER, ``sweep.tolerable_iters`` x ``sweep.reps`` = 40 flipped passes, ~0.9 s of
+  each trial's own work that the figure then counted as overhead: 1.33x then on that definition). Both at parallelism 1 (``concurrency: 1``, one CPU and one
   torch thread per trial, as the trainable sets it). Figure: wall time of ``run_search`` / wall time
   in-process, for 12 trials x 40 epochs (the quickstart's trial count; ~11 s per trial in-process) with
   the in-process run done before *and* after the search (their mean is the baseline: the machine's speed
@@ -50,7 +53,7 @@ import yaml
 
 from benchmarks.common import Row
 
-SEARCH_TARGET = 1.20
+SEARCH_TARGET = 1.10  # issue 20's target (it was 1.20 before)
 PRUNING_EPOCHS_TARGET = 0.60
 PRUNING_ACC_TARGET = -1.0  # points: pruned selection's ber_acc minus the unpruned one's, at least this
 
@@ -95,6 +98,7 @@ def _in_process(specs: list[Any], context: Any, out: Path) -> float:
     """Run ``specs`` back to back with the trainable's evaluation; wall seconds."""
     from mcel_search.core.evaluation import ber_sweep, cache_batches, evaluate_accuracy
     from mcel_search.core.experiment import run_trial
+    from mcel_search.search.trainable import trial_tolerable
 
     objective, sweep = context.objective, context.sweep
     saved = torch.get_num_threads()
@@ -115,7 +119,9 @@ def _in_process(specs: list[Any], context: Any, out: Path) -> float:
                 final = trainer.epoch >= spec.train.epochs
                 bers = sweep.bers if final else [objective.target_ber]
                 reps = sweep.reps if final else objective.reps
-                ber_sweep(trainer.model, test, bers, reps, objective.seed, p10=objective.p10)
+                curve = ber_sweep(trainer.model, test, bers, reps, objective.seed, p10=objective.p10)
+                if final:  # what the trial computes from its curve: the tolerable BER's bisection steps
+                    trial_tolerable(trainer.model, test, curve, context)
 
             run_trial(spec, out_dir=out / f"trial{i}", on_epoch=on_epoch)
     finally:

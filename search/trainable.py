@@ -300,7 +300,7 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
                 _write_curve(tmpdir / CURVE_FILE, curve.records)
                 # one test image as the logged MLflow Model's input example (search.pyfunc)
                 np.save(tmpdir / INPUT_EXAMPLE_FILE, test[0][0][:1].detach().cpu().numpy().astype(np.float32))
-                tolerable = _tolerable(trainer.model, test, curve, context)
+                tolerable = trial_tolerable(trainer.model, test, curve, context)
                 if tolerable is not None:
                     metrics.update(tolerable.as_metrics())
                 margin_summary = {k: v for k, v in margins.items() if k != "margins"}
@@ -349,7 +349,7 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _tolerable(model, test: list, curve, context: TrialContext):
+def trial_tolerable(model, test: list, curve, context: TrialContext):
     """The trial's tolerable BER (core.tolerance) from its final curve plus ``sweep.tolerable_iters``
     bisection steps with the same realization seeds; None when the grid has no BER > 0."""
     sweep, objective = context.sweep, context.objective
