@@ -292,7 +292,7 @@ def run_search(
     from .pruning import OptunaPruningScheduler
     from .searcher import BaselineAlongside, PruningAwareOptunaSearch, SearchSpace
     from .storage_guard import StorageFaultGuard
-    from .tracking import MlflowTrialLogger, get_or_create_experiment, parent_run
+    from .tracking import MlflowTrialLogger, get_or_create_experiment, parent_run, prewarm_trial_end
     from .trainable import mcel_trial
 
     tracking_uri = absolute_sqlite_uri(tracking_uri or spec.tracking.uri)
@@ -327,6 +327,7 @@ def run_search(
     client = MlflowClient(tracking_uri)
     experiment_id = get_or_create_experiment(client, spec.experiment_name())
     _init_ray(ray_address, num_cpus)
+    prewarm_trial_end()  # the first trial's end needs ~3 s of imports: now, while its worker starts
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     flat = {
         k: redact_credentials(v) if isinstance(v, str) else v for k, v in flatten(spec_to_dict(spec)).items()

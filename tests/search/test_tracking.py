@@ -386,3 +386,26 @@ def test_a_bad_sender_count_from_the_environment_is_one_clear_line(monkeypatch, 
     assert f"MCEL_MLFLOW_SENDERS={value!r}" in text and "from 1 to 64" in text and len(text.splitlines()) == 1
     monkeypatch.setenv("MCEL_MLFLOW_SENDERS", "5")
     assert len(MlflowTrialLogger("http://127.0.0.1:1", "0", "parent", "study", {}, {}).senders) == 5
+
+
+def test_prewarm_imports_what_a_trials_end_needs_once_per_process() -> None:
+    """``prewarm_trial_end`` (started by ``run_search``) leaves matplotlib's figures, MLflow's pyfunc and
+    MLflow's installed-package map loaded, which the first trial's end would otherwise spend ~3 s on in the
+    sender thread; a second call returns the same thread. A fresh interpreter: this one may hold them."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from mcel_search.search.tracking import prewarm_trial_end
+from mlflow.utils import requirements_utils as req
+before = ("matplotlib.figure" in sys.modules, "mlflow.pyfunc" in sys.modules, req._MODULES_TO_PACKAGES)
+thread = prewarm_trial_end()
+same = prewarm_trial_end() is thread
+thread.join(120)
+print(before, same, thread.is_alive(), "matplotlib.figure" in sys.modules, "mlflow.pyfunc" in sys.modules,
+      req._MODULES_TO_PACKAGES is not None and "torch" in req._MODULES_TO_PACKAGES)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["(False,", "False,", "None)", "True", "False", "True", "True", "True"], out.stdout
