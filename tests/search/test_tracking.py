@@ -408,4 +408,6 @@ print(before, same, thread.is_alive(), "matplotlib.figure" in sys.modules, "mlfl
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["(False,", "False,", "None)", "True", "False", "True", "True", "True"], out.stdout
+    assert out.stdout.split() == ["(False,", "False,", "None)", "True", "False", "True", "True", "True"], (
+        out.stdout
+    )
