@@ -948,20 +948,17 @@ def _reported_epochs(checkpoint: Any) -> list[dict]:
     """Every epoch's scalar results kept in a checkpoint's ``trainer.pt`` (``search.trainable``), or []."""
     if checkpoint is None:
         return []
-    import torch
-
-    from .trainable import REPORTED_KEY, TRAINER_FILE
+    from .trial_state import TRAINER_FILE, read_reported
 
     try:
         with checkpoint.as_directory() as d:
             path = Path(d) / TRAINER_FILE
             if not path.exists():
                 return []
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            return read_reported(path)
     except Exception as exc:  # an unreadable checkpoint: the run keeps what it has
         logger.warning("could not read the epochs of checkpoint %s: %s", checkpoint, exc)
         return []
-    return [dict(r) for r in state.get(REPORTED_KEY, []) if isinstance(r, dict)]
 
 
 def _error_message(trial: Trial) -> str:

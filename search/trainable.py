@@ -16,7 +16,7 @@ counted). The last epoch also computes the BER curve (``sweep.bers`` x ``sweep.r
 the test-set margins, and carries ``final: True``; a trial without a final result was pruned.
 
 Each report carries a checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format),
-``trainer.pt`` (optimizer, scheduler and history, to resume), and at the end ``ber_curve.csv`` (one row per
+``trainer.pt`` (optimizer, scheduler and history, to resume: :mod:`.trial_state`; the weights are model.pt's), and at the end ``ber_curve.csv`` (one row per
 BER and repetition) and ``summary.json``. A trial restarted after a failure resumes from its last one.
 
 Fault injection (tests only; inert unless the environment variable ``MCEL_FAULT_INJECT`` is set, see
@@ -52,14 +52,12 @@ from ..core.training import TrainConfig, Trainer, TrainingDivergedError
 from . import faults
 from .searcher import NUMBER_KEY
 from .spec import DataSpec, ObjectiveSpec, SweepSpec
+from .trial_state import MODEL_FILE, TRAINER_FILE, read_trainer_state, write_trainer_state
+from .trial_state import REPORTED_KEY as REPORTED_KEY  # re-exported: where callers have found it
 
-TRAINER_FILE = "trainer.pt"
-#: Key in trainer.pt of the scalar results of every epoch so far (a resumed trial's ``backfill``).
-REPORTED_KEY = "reported"
 #: One batch of input images a finished trial leaves in its last checkpoint: the logged MLflow Model's
 #: signature and input example (``search.pyfunc``; the tracker logs it).
 INPUT_EXAMPLE_FILE = "input_example.npy"
-MODEL_FILE = "model.pt"
 CURVE_FILE = "ber_curve.csv"
 SUMMARY_FILE = "summary.json"
 
@@ -185,8 +183,7 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     reported: list[dict[str, float]] = []  # every epoch's scalar results so far (kept in trainer.pt)
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            state = torch.load(Path(d) / TRAINER_FILE, map_location=trainer.device, weights_only=True)
-            reported = list(state.pop(REPORTED_KEY, []))
+            state, reported = read_trainer_state(d, trainer.device)
             trainer.load_state_dict(state)
     test = cache_batches(data.test, trainer.device)
     subset_n = objective.subset
@@ -293,7 +290,7 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             tmpdir = Path(tmp)
             start = time.perf_counter()
-            torch.save({**trainer.state_dict(), REPORTED_KEY: reported}, tmpdir / TRAINER_FILE)
+            write_trainer_state(tmpdir / TRAINER_FILE, trainer.state_dict(), reported)
             wait_s += time.perf_counter() - start
             if final:
                 margins = margin_statistics(trainer.model, test)
