@@ -120,6 +120,7 @@ def _context(spec: SearchSpec, arch: str, bits: int) -> TrialContext:
         cpus=spec.resources.cpu,
         protocol=spec.protocol,
         gpus=spec.resources.gpu,
+        checkpoint_every=spec.failure.checkpoint_every,
     )
 
 

@@ -15,7 +15,8 @@ cheap estimate ``ber_acc_est`` (``core.robustness_estimate``: clean margins and
 counted). The last epoch also computes the BER curve (``sweep.bers`` x ``sweep.reps``) and
 the test-set margins, and carries ``final: True``; a trial without a final result was pruned.
 
-Each report carries a checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format),
+The report of every ``failure.checkpoint_every``-th epoch (default 1: every epoch) and of the last carries a
+checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format),
 ``trainer.pt`` (optimizer, scheduler and history, to resume: :mod:`.trial_state`; the weights are model.pt's), and at the end ``ber_curve.csv`` (one row per
 BER and repetition) and ``summary.json``. A trial restarted after a failure resumes from its last one.
 
@@ -78,6 +79,7 @@ class TrialContext:
     cpus: float  # CPUs per trial: torch's thread count
     protocol: Protocol = DEFAULT  # inputs, biases, arithmetic, output scale, decode (core.protocol)
     gpus: float = 0.0  # GPUs per trial (resources.gpu): > 0 means the trial must get a usable GPU
+    checkpoint_every: int = 1  # failure.checkpoint_every: a checkpoint every k epochs and at the last
 
 
 class GpuUnavailableError(RuntimeError):
@@ -287,6 +289,12 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
             metrics["backfill"] = [r for r in reported if r["epoch"] < trainer.epoch]
             backfilled = True
         reported = [r for r in reported if r["epoch"] < trainer.epoch] + [_scalars(metrics)]
+        if not (final or trainer.epoch % context.checkpoint_every == 0):
+            # no checkpoint this epoch (failure.checkpoint_every): the report alone, files not written
+            start = time.perf_counter()
+            tune.report(metrics)
+            wait_s += time.perf_counter() - start
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             tmpdir = Path(tmp)
             start = time.perf_counter()

@@ -372,6 +372,12 @@ MALFORMED: list[tuple[str, dict[str, Any], str]] = [
     ("negative-gpu", {"resources.gpu": -1}, "resources.gpu: -1 —"),
     ("fractional-gpus-above-1", {"resources.gpu": 1.5}, "resources.gpu: 1.5 —"),
     ("negative-retries", {"failure.max_retries": -1}, "failure.max_retries: -1 —"),
+    ("zero-checkpoint-every", {"failure.checkpoint_every": 0}, "failure.checkpoint_every: 0 —"),
+    (
+        "unbounded-checkpoint-every",
+        {"failure.checkpoint_every": 10**9},
+        "failure.checkpoint_every: 1000000000 —",
+    ),
     ("baseline-enabled-string", {"baseline.enabled": "yes"}, "baseline.enabled: 'yes' —"),
     ("section-not-mapping", {"train": [2]}, "train: [2] —"),
 ]

@@ -357,3 +357,33 @@ print("end")
     assert quiet.stdout.strip() == "end" and quiet.stderr == ""
     other = run("ValueError('real')", hook=True)
     assert "Exception ignored" in other.stderr and "ValueError: real" in other.stderr
+
+
+def test_checkpoint_every_k_epochs_and_the_last_with_the_same_results(monkeypatch, tmp_path) -> None:
+    """``failure.checkpoint_every: 2`` over 3 epochs: every epoch reports, only epochs 2 and 3 carry a
+    checkpoint; the metrics are those of a trial checkpointing every epoch, the epoch-2 checkpoint holds
+    epochs 1-2 for a backfill, and a trial resumed from it ends as the uninterrupted one."""
+    train = {**SPEC["train"], "epochs": 3}
+    every1 = run_trial(monkeypatch, tmp_path / "every1", MCEL, context_of({"train": train}))
+    sparse_context = context_of({"train": train, "failure": {"checkpoint_every": 2}})
+    sparse = run_trial(monkeypatch, tmp_path / "every2", MCEL, sparse_context)
+    assert [r.metrics["epoch"] for r in sparse] == [1, 2, 3]
+    assert [bool(r.files) for r in sparse] == [False, True, True]
+    assert [bool(r.files) for r in every1] == [True, True, True]
+    for a, b in zip(every1, sparse, strict=True):
+        for key in ("clean_acc", "train_loss", "lr", "mlm"):
+            assert a.metrics[key] == b.metrics[key], key
+    from mcel_search.search.trial_state import read_reported
+
+    assert [r["epoch"] for r in read_reported(sparse[1].files[TRAINER_FILE])] == [1.0, 2.0]
+    (resumed,) = run_trial(
+        monkeypatch,
+        tmp_path / "resumed",
+        MCEL,
+        sparse_context,
+        resume_from=sparse[1].files[TRAINER_FILE].parent,
+    )
+    assert resumed.metrics["start_epoch"] == 2 and resumed.metrics["final"] is True
+    assert [e["epoch"] for e in resumed.metrics["backfill"]] == [1.0, 2.0]
+    for key in ("clean_acc", "ber_acc", "train_loss"):
+        assert resumed.metrics[key] == pytest.approx(sparse[-1].metrics[key]), key
