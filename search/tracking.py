@@ -273,7 +273,7 @@ def prewarm_trial_end() -> threading.Thread:
     The first trial's end is the first time the driver draws a figure (matplotlib, ~1.5-2 s to import)
     and logs an MLflow Model (MLflow scans every installed distribution once, ~1.5-2.7 s): ~3.4 s of CPU
     with the GIL mostly held, in the sender thread, while the next trial reports every epoch and waits for
-    the driver each time (measured 2026-12-02: that trial's waits grew by 0.5-1 s). Done at the search's
+    the driver each time (2026-12-02: that trial's waits were 0.5-1 s longer in four runs of five). Done at the search's
     start, the imports overlap the first trial's worker start-up instead, when the driver only waits.
     Returns the thread (already started, or started earlier by this process)."""
     global _warm_thread
