@@ -7,8 +7,8 @@
   the final BER curve, the tolerable BER's bisection steps and margins at the end: what a trial computes,
   so that only the search machinery is left in the difference; until 2026-12-02 the in-process side
   skipped the tolerable BER, ``sweep.tolerable_iters`` x ``sweep.reps`` = 40 flipped passes, ~0.9 s of
-  each trial's own work that the figure then counted as overhead: 1.33x then on that definition). Both at parallelism 1 (``concurrency: 1``, one CPU and one
-  torch thread per trial, as the trainable sets it). Figure: wall time of ``run_search`` / wall time
+  each trial's own work that the figure then counted as overhead: 1.33x then on that definition). Both at
+  parallelism 1 (``concurrency: 1``, one CPU and one torch thread per trial, as the trainable sets it). Figure: wall time of ``run_search`` / wall time
   in-process, for 12 trials x 40 epochs (the quickstart's trial count; ~11 s per trial in-process) with
   the in-process run done before *and* after the search (their mean is the baseline: the machine's speed
   drifts by 10-20% over the minutes of a search); a 4-trial search is reported beside it (baseline after

@@ -16,9 +16,9 @@ counted). The last epoch also computes the BER curve (``sweep.bers`` x ``sweep.r
 the test-set margins, and carries ``final: True``; a trial without a final result was pruned.
 
 The report of every ``failure.checkpoint_every``-th epoch (default 1: every epoch) and of the last carries a
-checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format),
-``trainer.pt`` (optimizer, scheduler and history, to resume: :mod:`.trial_state`; the weights are model.pt's), and at the end ``ber_curve.csv`` (one row per
-BER and repetition) and ``summary.json``. A trial restarted after a failure resumes from its last one.
+checkpoint directory: ``model.pt`` (the model in the safe mcel checkpoint format), ``trainer.pt``
+(optimizer, scheduler and history, to resume: :mod:`.trial_state`; the weights are model.pt's), and at
+the end ``ber_curve.csv`` (one row per BER and repetition) and ``summary.json``. A trial restarted after a failure resumes from its last one.
 
 Fault injection (tests only; inert unless the environment variable ``MCEL_FAULT_INJECT`` is set, see
 :mod:`mcel_search.search.faults`): ``raise_once:epoch=k`` raises at the start of epoch k on the first attempt only;

@@ -53,10 +53,14 @@ def _as_list(value: Any) -> list:
     return list(value or [])
 
 
+def _reported(value: Any) -> list[dict]:
+    """The ``reported`` entry of a ``trainer.pt`` (either format) as a list of dicts."""
+    return [dict(r) for r in _as_list(value) if isinstance(r, dict)]
+
+
 def read_reported(path: str | Path) -> list[dict]:
     """The ``reported`` epochs of a ``trainer.pt`` (either format), each a dict; [] if it holds none."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return [dict(r) for r in _as_list(state.get(REPORTED_KEY)) if isinstance(r, dict)]
+    return _reported(torch.load(path, map_location="cpu", weights_only=True).get(REPORTED_KEY))
 
 
 def read_trainer_state(
@@ -66,7 +70,7 @@ def read_trainer_state(
     ``trainer.pt`` with the weights of its ``model.pt`` when ``trainer.pt`` has none (format 2)."""
     directory = Path(directory)
     state = torch.load(directory / TRAINER_FILE, map_location=device, weights_only=True)
-    reported = [dict(r) for r in _as_list(state.pop(REPORTED_KEY, None)) if isinstance(r, dict)]
+    reported = _reported(state.pop(REPORTED_KEY, None))
     state[HISTORY_KEY] = _as_list(state.get(HISTORY_KEY))
     state.pop(FORMAT_KEY, None)
     if "model" not in state:
