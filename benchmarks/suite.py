@@ -21,6 +21,8 @@ Benchmarks (``--only`` names), each described in its module:
   MLflow server: results/s, MLflow lag p50/p99, results lost; now vs the design before, in one process.
 * ``baselines`` (:mod:`benchmarks.bench_baselines`): wall time of a study with its CEL baseline alongside
   (and before, as until 2026-12-02) vs the same study alone, at concurrency 2.
+* ``tune_state`` (:mod:`benchmarks.bench_tune_state`): bytes/s and driver time of Ray Tune's experiment
+  snapshot with 1,000 trials in the experiment.
 
 ``--out`` (default ``benchmarks/RESULTS.md``) is rewritten with the rows that ran, and the rows are also
 stored beside it (``RESULTS.json``); ``--merge`` keeps the rows of benchmarks not run now from that
@@ -86,7 +88,15 @@ def bench_flips_rows(quick: bool, device: torch.device) -> list[Row]:
 
 
 def _benches() -> dict[str, Callable[[bool, torch.device], list[Row]]]:
-    from benchmarks import bench_baselines, bench_eval, bench_load, bench_loader, bench_search, bench_train
+    from benchmarks import (
+        bench_baselines,
+        bench_eval,
+        bench_load,
+        bench_loader,
+        bench_search,
+        bench_train,
+        bench_tune_state,
+    )
 
     return {
         "flips": bench_flips_rows,
@@ -99,10 +109,23 @@ def _benches() -> dict[str, Callable[[bool, torch.device], list[Row]]]:
         "pruning": bench_search.bench_pruning,
         "load": bench_load.bench_load,
         "baselines": bench_baselines.bench_baselines,
+        "tune_state": bench_tune_state.bench_tune_state,
     }
 
 
-NAMES = ("flips", "sweep", "memory", "train", "loader", "scaling", "search", "pruning", "load", "baselines")
+NAMES = (
+    "flips",
+    "sweep",
+    "memory",
+    "train",
+    "loader",
+    "scaling",
+    "search",
+    "pruning",
+    "load",
+    "baselines",
+    "tune_state",
+)
 
 NOTES = [
     "- Memory (CPU): resident-set high-water mark `VmHWM`, reset right before the measured call "
