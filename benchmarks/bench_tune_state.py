@@ -18,7 +18,8 @@ its baseline trial and study name) and our callbacks' state (none).
 
 Two runs of the same ``N`` trials in one process: *before*, the period forced to 1 s as every search had
 it until 2026-12-02; *now*, the product's default for ``N`` trials (:func:`search.runner.snapshot_period`:
-``auto`` above 150 trials, Tune's max(10 s, 19x the snapshot time), ``ray/tune/execution/experiment_state.py``).
+``auto`` above 150 trials, Tune's max(10 s, 19x the snapshot time),
+``ray/tune/execution/experiment_state.py``).
 Rows (whole-run figures; a snapshot holds every trial created so far, so it grows over the run to its
 full size at the end): bytes per second the snapshots wrote, the share of the driver's wall time
 spent in them, the seconds one snapshot takes, and the run's wall time now over before. One run each
@@ -138,7 +139,9 @@ def rows(now: dict[str, float], before: dict[str, float], period: str) -> list[R
     )
 
     def runs(key: str, scale: float, unit: str) -> str:
-        return f"now (period {period}) {now[key] * scale:.3g} {unit}, before (period 1 s) {before[key] * scale:.3g} {unit}"
+        now_s, before_s = f"{now[key] * scale:.3g} {unit}", f"{before[key] * scale:.3g} {unit}"
+        label = period if period == "auto" else f"{period} s"
+        return f"now (period {label}) {now_s}, before (period 1 s) {before_s}"
 
     return [
         Row(

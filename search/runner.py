@@ -476,17 +476,19 @@ def snapshot_period(trials: int) -> str:
     """The default of ``TUNE_GLOBAL_CHECKPOINT_S`` for a driver whose Tune experiments (the studies that run
     at once) hold ``trials`` trials together: ``"1"`` up to :data:`SNAPSHOT_AUTO_ABOVE`, else ``"auto"``.
 
-    Tune's experiment snapshot writes the state of every trial of the experiment created so far, ended and
-    pending ones too (config, last result, Tune's per-metric statistics, checkpoint bookkeeping), and the driver's
-    controller does nothing else meanwhile. Measured (``benchmarks/bench_tune_state.py``, 1,000 trials of
-    40 metrics, 2026-12-02): once all have results, 40 KB and 0.34 ms of driver time per trial and
-    snapshot (40 MB and 0.34 s), so a 1 s period costs about ``trials`` x 0.034% of the driver: 5% (the
-    share Tune's ``auto`` aims at) at ~150 trials, 34% at 1,000. Over a whole 1,000-trial run: 19% of the
-    driver's time at 1 s, 8.4% with ``auto``, whose run took 0.74x the wall time. ``"1"``: a killed driver loses at most a second of trial state.
-    ``"auto"``: Tune's period max(10 s, 19 x the last snapshot's time); a trial that checkpoints
-    ``num_to_keep`` times within it forces a snapshot anyway (Tune's rule), so a resumed trial never
-    names a checkpoint Tune deleted. A user's own ``TUNE_GLOBAL_CHECKPOINT_S`` wins over this default.
-    Edge cases: ``trials`` <= 0 (nothing to snapshot) gives ``"1"``."""
+    Tune's experiment snapshot writes the state of every trial of the experiment created so far, ended
+    and pending ones too (config, last result, Tune's per-metric statistics, checkpoint bookkeeping), and
+    the driver's controller does nothing else meanwhile. Measured (``benchmarks/bench_tune_state.py``,
+    1,000 trials of 40 metrics, 2026-12-02): once all have results, 40 KB and 0.34 ms of driver time per
+    trial and snapshot (40 MB and 0.34 s), so a 1 s period costs about ``trials`` x 0.034% of the driver:
+    5% (the share Tune's ``auto`` aims at) at ~150 trials, 34% at 1,000. Over a whole 1,000-trial run:
+    19% of the driver's time at 1 s, 8.4% with ``auto``, whose run took 0.74x the wall time.
+
+    ``"1"``: a killed driver loses at most a second of trial state. ``"auto"``: Tune's period
+    max(10 s, 19 x the last snapshot's time); a trial that checkpoints ``num_to_keep`` times within it
+    forces a snapshot anyway (Tune's rule), so a resumed trial never names a checkpoint Tune deleted. A
+    user's own ``TUNE_GLOBAL_CHECKPOINT_S`` wins over this default. Edge case: ``trials`` <= 0 (nothing
+    to snapshot) gives ``"1"``."""
     return "auto" if trials > SNAPSHOT_AUTO_ABOVE else "1"
 
 
@@ -544,8 +546,9 @@ def _run_studies(run_study: Any, jobs: list[tuple], at_once: int) -> list[StudyO
     A study that raises does not stop the others that run (their Tune runs end on their own, their state
     saved as always); the studies not started yet are not started, and the first error in spec order is
     raised once all have ended (the others are logged). Ctrl+C while several run ends the driver as a kill
-    would (Tune's state is snapshotted every second, see :func:`snapshot_period`; ``--resume`` continues every study from its trials'
-    last checkpoints, no metric lost): Tune's own graceful stop answers Ctrl+C in the main thread only."""
+    would (Tune's state is snapshotted every second, or at Tune's ``auto`` period in large searches:
+    :func:`snapshot_period`; ``--resume`` continues every study from its trials' last checkpoints, no
+    metric lost): Tune's own graceful stop answers Ctrl+C in the main thread only."""
     if at_once <= 1:
         return [run_study(*job) for job in jobs]
     from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
