@@ -45,6 +45,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,15 @@ def _import_driver_modules() -> float:
     return time.perf_counter() - start
 
 
-def _search_vs_in_process(root: Path, trials: int, epochs: int, bracket: bool) -> dict[str, Any]:
+def _search_vs_in_process(
+    root: Path, trials: int, epochs: int, bracket: bool, overlap: bool = True, baseline: bool = True
+) -> dict[str, Any]:
     """One search of ``trials`` x ``epochs`` and in-process runs of its TrialSpecs: one after it, and with
     ``bracket`` one before it too (the baseline is their mean, so a drift of the machine's speed during
-    the minutes of a search cancels)."""
+    the minutes of a search cancels). ``overlap=False`` runs the search with the trials' overlap of the
+    next epoch and the report off (``TrialContext.overlap_report``, what every trial did before
+    2026-12-03); ``baseline=False`` skips the in-process runs."""
+    import mcel_search.search.runner as runner
     from mcel_search.search.runner import _context, run_search
     from mcel_search.search.spec import parse_spec
     from mcel_search.search.trainable import trial_spec
@@ -173,19 +179,29 @@ def _search_vs_in_process(root: Path, trials: int, epochs: int, bracket: bool) -
         before = _sampled_configs(spec, trials)
         runs.append(_in_process([trial_spec(c, context) for c in before], context, root / "inproc-before"))
     t0 = time.perf_counter()
-    outcome = run_search(spec, verbose=0)
+    if overlap:
+        outcome = run_search(spec, verbose=0)
+    else:
+        saved = runner._context
+        runner._context = lambda *a: replace(saved(*a), overlap_report=False)
+        try:
+            outcome = run_search(spec, verbose=0)
+        finally:
+            runner._context = saved
     t_search = time.perf_counter() - t0
     study = outcome.studies[0]
     configs = [_trial_config(t["params"]) for t in study.trials]
     specs = [trial_spec(c, context) for c in configs]
+    waits = [float(t["metrics"].get("search_wait_s", float("nan"))) for t in study.trials]
+    # the search's cost inside the trials: search_wait_s is cumulative up to the previous epoch
+    inside = sum(w * epochs / (epochs - 1) for w in waits) if epochs > 1 else float("nan")
+    if not baseline:
+        return {"n": len(specs), "epochs": epochs, "search": t_search, "inside": inside, "store": store}
     if bracket and sorted(c["loss"] for c in configs) != sorted(c["loss"] for c in before):
         # (margin, b, logit scale) do not change a trial's compute, the loss and the trial count do
         raise RuntimeError(f"the search sampled {configs}, the baseline before it ran {before}")
     runs.append(_in_process(specs, context, root / "inproc-after"))
     t_in = sum(runs) / len(runs)
-    # the search's cost inside the trials: search_wait_s is cumulative up to the previous epoch
-    waits = [float(t["metrics"].get("search_wait_s", float("nan"))) for t in study.trials]
-    inside = sum(w * epochs / (epochs - 1) for w in waits) if epochs > 1 else float("nan")
     return {
         "n": len(specs),
         "epochs": epochs,
@@ -257,9 +273,12 @@ def bench_search(quick: bool, device: torch.device) -> list[Row]:
         (root / "first").mkdir()
         first_store = _prepare_store(f"sqlite:///{root / 'first' / 'mlflow.db'}")
         four = _search_vs_in_process(root / "b", 4, 40, bracket=False)
+        serial = _search_vs_in_process(root / "c", 4, 40, bracket=False, overlap=False, baseline=False)
         main = _search_vs_in_process(root / "a", 12, 40, bracket=True)
     n, epochs = main["n"], main["epochs"]
     per_epoch = main["inside"] / (n * epochs)
+    per_epoch_4 = four["inside"] / (four["n"] * epochs)
+    per_epoch_serial = serial["inside"] / (serial["n"] * epochs)
     outside = (main["overhead"] - main["inside"]) / n
     return [
         Row("search", "search.overhead", f"run_search, {n} trials (Ray Tune + Optuna + MLflow)",
@@ -271,8 +290,14 @@ def bench_search(quick: bool, device: torch.device) -> list[Row]:
             "-", main["overhead"] / n, None, unit="s",
             detail=f"inside the trials {main['inside'] / n:.2f} s, outside {outside:.2f} s (per trial)"),
         Row("search", "search.per_epoch", "overhead per reported epoch inside a trial (checkpoint write, report "
-            "round trip: Tune, pruner)", "-", per_epoch, None, unit="s",
+            "round trip: Tune, pruner; the next epoch trains meanwhile)", "-", per_epoch, None, unit="s",
             detail="from the trials' own search_wait_s"),
+        Row("search", "search.overlap", "run_search, 4 trials, next epoch trained while the report is in flight",
+            "the same 4-trial search with that overlap off (trials wait for each report)",
+            four["search"] / serial["search"], None,
+            detail=f"wait per reported epoch inside a trial {1000 * per_epoch_4:.1f} ms with the overlap, "
+            f"{1000 * per_epoch_serial:.1f} ms without; searches {four['search']:.1f} s and "
+            f"{serial['search']:.1f} s; one run each"),
         Row("search", "search.outside_trials", "the rest of the overhead, per trial (worker start amortized, "
             "gaps between trials, compute speed in the worker vs here)", "-", outside, None, unit="s",
             detail="search - in-process - the trials' search_wait_s, divided by the trials"),
@@ -283,7 +308,7 @@ def bench_search(quick: bool, device: torch.device) -> list[Row]:
         Row("search", "search.mlflow_store", "creating a new SQLite MLflow store's tables (once per store)",
             "-", first_store, None, unit="s",
             detail="the searches' own new stores: "
-            + ", ".join(f"{r['store']:.2f}" for r in (four, main)) + " s (not in their times)"),
+            + ", ".join(f"{r['store']:.2f}" for r in (four, serial, main)) + " s (not in their times)"),
     ]  # fmt: skip
 
 

@@ -43,6 +43,12 @@ class TrainingDivergedError(McelError, RuntimeError):
     """The training loss became NaN or infinite; the message names the epoch."""
 
 
+class TrainingCancelledError(RuntimeError):
+    """:meth:`Trainer.train_epoch` stopped between two steps because its ``should_stop`` said so (the
+    caller no longer wants the epoch: a search stopped the trial). The trainer is left mid-epoch (some
+    steps applied, ``epoch`` and ``history`` not advanced): discard it or restore it from a state dict."""
+
+
 _DEVICE_RE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")
 _TRAIN_BER_KEY = 0xB17  # seed-derivation key of the per-step bit-error realizations of bit-error training
 
@@ -207,8 +213,14 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
         )
 
-    def train_epoch(self) -> EpochStats:
-        """Run the next epoch; raises :class:`TrainingDivergedError` if the loss became NaN/inf."""
+    def train_epoch(self, should_stop: Callable[[], bool] | None = None) -> EpochStats:
+        """Run the next epoch; raises :class:`TrainingDivergedError` if the loss became NaN/inf.
+
+        ``should_stop``, when given, is asked before every step; once it returns True the epoch ends
+        there with :class:`TrainingCancelledError` (at most one step after the request: the latency a
+        search's stopped trial waits for an epoch it no longer wants). It never changes what an epoch
+        that runs to its end computes.
+        """
         start = time.perf_counter()
         epoch = self.epoch + 1
         model, dev = self.model, self.device
@@ -221,6 +233,8 @@ class Trainer:
         loader = self._loader(epoch)
         batches = _progress(loader, f"epoch {epoch}/{self.config.epochs}") if self.config.progress else loader
         for step, (x, y) in enumerate(batches):
+            if should_stop is not None and should_stop():
+                raise TrainingCancelledError(f"epoch {epoch} cancelled before step {step}")
             x = x.to(dev, non_blocking=True)
             y = y.to(dev, non_blocking=True)
             if self.config.train_ber > 0:

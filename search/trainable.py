@@ -1,9 +1,10 @@
 """The Ray Tune trial: train one (arch, bits, loss, margin, b, logit scale) configuration, report every epoch.
 
 Every epoch it reports ``epoch``, ``train_loss``, ``train_acc``, ``mlm``, ``lr``, ``clean_acc``,
-``search_wait_s`` (seconds this attempt of the trial has spent so far, up to the previous epoch, writing its
-checkpoints and in ``tune.report``, whose round trip through the driver includes the pruner's decision:
-the search machinery's cost inside the trial) and, every
+``search_wait_s`` (seconds this attempt of the trial's compute has waited so far, up to the previous epoch,
+on its checkpoint writes and on ``tune.report``, whose round trip through the driver includes the pruner's
+decision: the search machinery's cost inside the trial; the next epoch trains while a report is in flight,
+:mod:`.epoch_ahead`, so a report counts only for what it takes beyond that epoch) and, every
 ``objective.every`` epochs and always at the last, the accuracy under bit errors at the target BER over
 ``objective.reps`` shared realizations: ``ber_acc`` / ``ber_acc_std`` when measured on the full test set,
 ``ber_acc_sub<N>`` / ``ber_acc_sub<N>_std`` when measured on the first N test samples (``objective.subset``,
@@ -51,6 +52,7 @@ from ..core.robustness_estimate import margin_shift_estimate
 from ..core.tolerance import model_tolerable_ber
 from ..core.training import TrainConfig, Trainer, TrainingDivergedError
 from . import faults
+from .epoch_ahead import EpochAhead
 from .searcher import NUMBER_KEY
 from .spec import DataSpec, ObjectiveSpec, SweepSpec
 from .trial_state import MODEL_FILE, TRAINER_FILE, read_trainer_state, write_trainer_state
@@ -80,6 +82,7 @@ class TrialContext:
     protocol: Protocol = DEFAULT  # inputs, biases, arithmetic, output scale, decode (core.protocol)
     gpus: float = 0.0  # GPUs per trial (resources.gpu): > 0 means the trial must get a usable GPU
     checkpoint_every: int = 1  # failure.checkpoint_every: a checkpoint every k epochs and at the last
+    overlap_report: bool = True  # train epoch k+1 while epoch k's report is in flight (.epoch_ahead)
 
 
 class GpuUnavailableError(RuntimeError):
@@ -201,11 +204,17 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     wait_s = 0.0  # seconds in checkpoint writes and tune.report so far (reported as search_wait_s)
     passes = 0  # flipped passes of this attempt's objective measurements (reported as ber_passes)
     backfilled = False  # whether this attempt's first report carried the earlier epochs (backfill)
+    ahead: EpochAhead | None = None  # the next epoch, training while the last report was in flight
     while replay_final or trainer.epoch < epochs:
-        if not replay_final:
-            faults.before_epoch(trainer.epoch + 1, trial_dir)
         try:
-            stats = trainer.history[-1] if replay_final else trainer.train_epoch()
+            if replay_final:
+                stats = trainer.history[-1]
+            elif ahead is not None:
+                pending, ahead = ahead, None
+                stats = pending.result()
+            else:
+                faults.before_epoch(trainer.epoch + 1, trial_dir)
+                stats = trainer.train_epoch()
         except TrainingDivergedError as exc:
             # Deterministic: a retry would diverge again. End the trial with the reason instead of raising, so
             # Tune does not retry it; the searcher and scheduler tell it FAIL, MLflow marks it errored.
@@ -291,9 +300,8 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
         reported = [r for r in reported if r["epoch"] < trainer.epoch] + [_scalars(metrics)]
         if not (final or trainer.epoch % context.checkpoint_every == 0):
             # no checkpoint this epoch (failure.checkpoint_every): the report alone, files not written
-            start = time.perf_counter()
-            tune.report(metrics)
-            wait_s += time.perf_counter() - start
+            ahead, waited = _report(metrics, None, trainer, trial_dir, context.overlap_report)
+            wait_s += waited
             continue
         with tempfile.TemporaryDirectory() as tmp:
             tmpdir = Path(tmp)
@@ -341,8 +349,33 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
             start = time.perf_counter()
             # staged for tune.report, which copies it to the storage path: an fsync here would be wasted
             save_checkpoint(tmpdir / MODEL_FILE, trainer.model, meta, durable=False)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
             wait_s += time.perf_counter() - start
+            overlap = context.overlap_report and not final
+            ahead, waited = _report(metrics, tune.Checkpoint.from_directory(tmp), trainer, trial_dir, overlap)
+            wait_s += waited
+
+
+def _report(
+    metrics: dict[str, Any], checkpoint: Any, trainer: Trainer, trial_dir: str | None, overlap: bool
+) -> tuple[EpochAhead | None, float]:
+    """``tune.report(metrics[, checkpoint])``; with ``overlap`` the next epoch trains meanwhile
+    (:class:`.epoch_ahead.EpochAhead`, its ``faults.before_epoch`` first). Returns that running epoch (None
+    without overlap) and the seconds the trial's compute waited on the report: the report's whole time
+    without overlap; with it, only what the report took beyond the next epoch. When the report raises
+    (Ray Tune stops a trial with ``SystemExit`` there) the next epoch is cancelled and joined first."""
+    ahead = EpochAhead(trainer, lambda k: faults.before_epoch(k, trial_dir)) if overlap else None
+    start = time.perf_counter()
+    try:
+        if checkpoint is None:
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=checkpoint)
+    except BaseException:
+        if ahead is not None:
+            ahead.cancel()
+        raise
+    end = time.perf_counter()
+    return ahead, (end - start if ahead is None else ahead.idle_until(end))
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

@@ -316,7 +316,7 @@ def test_resumes_from_a_checkpoint_and_replays_a_final_one(
 
 
 def test_divergence_ends_the_trial_with_one_diverged_report(monkeypatch, tmp_path) -> None:
-    def diverge(self):
+    def diverge(self, should_stop=None):
         raise TrainingDivergedError(f"training loss is nan at epoch {self.epoch + 1}")
 
     monkeypatch.setattr(trainable.Trainer, "train_epoch", diverge)
@@ -387,3 +387,119 @@ def test_checkpoint_every_k_epochs_and_the_last_with_the_same_results(monkeypatc
     assert [e["epoch"] for e in resumed.metrics["backfill"]] == [1.0, 2.0]
     for key in ("clean_acc", "ber_acc", "train_loss"):
         assert resumed.metrics[key] == pytest.approx(sparse[-1].metrics[key]), key
+
+
+class _HeldReport(FakeTune):
+    """A ``tune.report`` that, for the non-final epoch-1 report, waits (up to ``hold_s``) for epoch 2's
+    training to start, records whether it did, then returns or, with ``stop``, raises ``SystemExit`` as Ray
+    Tune does when it stops a trial inside ``tune.report``."""
+
+    def __init__(self, out: Path, started: Any, hold_s: float, stop: bool = False) -> None:
+        super().__init__(out)
+        self.started, self.hold_s, self.stop = started, hold_s, stop
+        self.overlapped: list[bool] = []
+
+    def report(self, metrics: dict[str, Any], *, checkpoint: Checkpoint | None = None) -> None:
+        super().report(metrics, checkpoint=checkpoint)
+        if metrics["epoch"] == 1:
+            self.overlapped.append(self.started.wait(self.hold_s))
+            if self.stop:
+                raise SystemExit(0)
+
+
+def _watch_epoch_2(monkeypatch, log: list[str], gate: bool = False) -> Any:
+    """Wrap ``Trainer.train_epoch``: an Event set when epoch 2 starts training, and a log of how each
+    epoch ended. With ``gate``, epoch 2 holds before its first step until its ``should_stop`` says stop
+    (so a cancellation lands there, deterministically)."""
+    import threading
+    import time
+
+    from mcel_search.core.training import Trainer, TrainingCancelledError
+
+    started = threading.Event()
+    original = Trainer.train_epoch
+
+    def watched(self, should_stop=None):
+        epoch = self.epoch + 1
+        check = should_stop
+        if epoch == 2:
+            started.set()
+            if gate and should_stop is not None:
+
+                def check() -> bool:
+                    deadline = time.monotonic() + 30
+                    while not should_stop() and time.monotonic() < deadline:
+                        time.sleep(0.005)
+                    return should_stop()
+
+        try:
+            stats = original(self, should_stop=check)
+        except TrainingCancelledError:
+            log.append(f"{epoch} cancelled")
+            raise
+        log.append(f"{epoch} done")
+        return stats
+
+    monkeypatch.setattr(Trainer, "train_epoch", watched)
+    return started
+
+
+def _held_trial(
+    out: Path, context: TrialContext, hold_s: float, log: list[str], stop: bool = False
+) -> _HeldReport:
+    """``mcel_trial(MCEL, context)`` with :class:`_HeldReport` as ``tune`` and epoch 2 watched (``log``);
+    every patch undone on return or exception."""
+    with pytest.MonkeyPatch.context() as mp:
+        fake = _HeldReport(out, _watch_epoch_2(mp, log, gate=stop), hold_s, stop)
+        mp.setattr(trainable, "tune", fake)
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        mp.delenv("MCEL_FAULT_INJECT", raising=False)
+        threads = torch.get_num_threads()
+        try:
+            mcel_trial(MCEL, context)
+        finally:
+            torch.set_num_threads(threads)
+    return fake
+
+
+def test_the_next_epoch_trains_while_a_report_is_in_flight_with_the_same_results(tmp_path) -> None:
+    """With ``overlap_report`` (the default) epoch 2 starts while epoch 1's report has not returned;
+    without it, it does not (the held report times out). Either way every metric but ``search_wait_s``
+    and the final model's weights are bit for bit the same."""
+    train = {**SPEC["train"], "epochs": 3}
+    context = context_of({"train": train})
+    assert context.overlap_report is True
+    on_log: list[str] = []
+    off_log: list[str] = []
+    on = _held_trial(tmp_path / "on", context, 30, on_log)
+    off = _held_trial(tmp_path / "off", replace(context, overlap_report=False), 1, off_log)
+    assert on.overlapped == [True] and off.overlapped == [False]
+    assert on_log == off_log == ["1 done", "2 done", "3 done"]
+    assert [r.metrics["epoch"] for r in on.reports] == [r.metrics["epoch"] for r in off.reports] == [1, 2, 3]
+    for a, b in zip(on.reports, off.reports, strict=True):
+        keys = set(a.metrics) - {"search_wait_s"}
+        assert keys == set(b.metrics) - {"search_wait_s"}
+        for key in keys:
+            x, y = a.metrics[key], b.metrics[key]
+            same = (isinstance(x, float) and math.isnan(x) and math.isnan(y)) or x == y
+            assert same, (a.metrics["epoch"], key, x, y)
+    # the held second cost the trial without overlap; with it, epoch 2 trained meanwhile
+    assert off.reports[1].metrics["search_wait_s"] >= 1.0
+    model_on = load_checkpoint(on.reports[-1].files[MODEL_FILE])[0].state_dict()
+    model_off = load_checkpoint(off.reports[-1].files[MODEL_FILE])[0].state_dict()
+    assert model_on.keys() == model_off.keys()
+    assert all(torch.equal(model_on[k], model_off[k]) for k in model_on)
+
+
+def test_a_trial_stopped_in_its_report_cancels_the_epoch_ahead(tmp_path) -> None:
+    """Ray Tune stops a trial by raising ``SystemExit`` in ``tune.report``: the epoch training ahead is
+    cancelled before its next step and joined before the exception leaves ``mcel_trial``, so no
+    training thread outlives the trial (a reused actor's next trial would share the CPU with it)."""
+    import threading
+
+    log: list[str] = []
+    context = context_of({"train": {**SPEC["train"], "epochs": 3}})
+    with pytest.raises(SystemExit):
+        _held_trial(tmp_path, context, 30, log, stop=True)
+    assert log == ["1 done", "2 cancelled"]
+    assert not [t for t in threading.enumerate() if t.name == "mcel-epoch-ahead"]
