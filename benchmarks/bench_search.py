@@ -23,6 +23,9 @@
   and any difference in the trials' own compute speed between the worker and this process; on the 2-vCPU
   VM of 2026-11-28 identical in-process runs minutes apart differed by 5-10% (the detail shows both), and
   the on-CPU time of identical 2-trial searches by up to 30%, so a single run's figure carries that noise.
+  Beside them, the 4-trial search again with the trials' overlap of the next epoch and the report off
+  (``TrialContext.overlap_report``; row ``search.overlap``, its waits per epoch in the detail): its
+  wall-time ratio is one run each way, within the machine's drift (MEASUREMENTS.md, 2026-12-03).
   One run of each search. Both sides run with glibc's malloc thresholds fixed (:mod:`core.allocator`, by
   :func:`core.experiment.build`): before, a fresh trial worker took ~1.5M minor page faults (3 s of
   system time) per 2 trials that this process, whose thresholds earlier work had raised, did not.
