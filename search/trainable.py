@@ -366,10 +366,7 @@ def _report(
     ahead = EpochAhead(trainer, lambda k: faults.before_epoch(k, trial_dir)) if overlap else None
     start = time.perf_counter()
     try:
-        if checkpoint is None:
-            tune.report(metrics)
-        else:
-            tune.report(metrics, checkpoint=checkpoint)
+        tune.report(metrics, checkpoint=checkpoint)  # Ray Tune's default is None: no checkpoint
     except BaseException:
         if ahead is not None:
             ahead.cancel()
