@@ -14,8 +14,9 @@ What the overlap may touch, and why the results are bit for bit those of a trial
   reads those; the thread only trains (model, optimizer, scheduler, ``Trainer.history``).
 * Nothing else runs in the trial meanwhile: evaluation of epoch ``k + 1`` starts after :meth:`result`,
   so the torch generators and the model are used by one thread at a time, in the sequential order.
-* The thread trains with the torch thread count of the thread that created it (OpenMP's count is a
-  per-thread setting; a new thread would otherwise take the process default).
+* The thread trains with the torch thread count and, on a GPU, the current CUDA device of the thread
+  that created it (both are per-thread settings; a new thread would otherwise take the process default
+  and device 0).
 
 When the report does not return (Ray Tune stops a trial by raising ``SystemExit`` in ``tune.report``:
 pruned, finished, the search ending), :meth:`cancel` asks the epoch to stop before its next step and
@@ -45,6 +46,12 @@ class EpochAhead:
         self._trainer = trainer
         self._before = before_epoch
         self._threads = torch.get_num_threads()
+        # the current CUDA device is per thread too (a new one starts on device 0): the creator's, for
+        # anything in the epoch that allocates on "cuda" without an index
+        dev = trainer.device
+        self._cuda: int | None = None
+        if dev.type == "cuda":
+            self._cuda = dev.index if dev.index is not None else torch.cuda.current_device()
         self._stop = threading.Event()
         self._stats: EpochStats | None = None
         self._error: BaseException | None = None
@@ -55,6 +62,8 @@ class EpochAhead:
     def _run(self) -> None:
         try:
             torch.set_num_threads(self._threads)
+            if self._cuda is not None:
+                torch.cuda.set_device(self._cuda)
             self._before(self._trainer.epoch + 1)
             self._stats = self._trainer.train_epoch(should_stop=self._stop.is_set)
         except BaseException as exc:  # handed to the trial's thread by result()
