@@ -12,7 +12,11 @@ Two configurations run one after the other in this process against one real MLfl
 Rows: results per second the driver loop sustained (target >= 200), MLflow lag p50 and p99 (a result due
 -> its write returned; target p99 <= 5 s), the driver lag p99 (due -> decision), results lost (target 0,
 read back from the server's database) and the driver's CPU seconds per 1,000 results. Each is one run
-(minutes), not a median. ``python -m benchmarks.bench_load --trials 1000 --duration 120`` prints them.
+(minutes), not a median. Beside them, what the lag target asks of the tracking server: the ``log_batch``
+calls/s this server answers with nothing else running (:func:`~benchmarks.load.server_capacity`, 10 s
+before the load) and the calls/s a 5 s lag needs at this load (:func:`~benchmarks.load.calls_needed`: every
+running trial's run written once per 5 s, MLflow's REST API taking one run per call, plus three calls per
+trial started). ``python -m benchmarks.bench_load --trials 1000 --duration 120`` prints them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Row
-from benchmarks.load import LoadResult, run_load
+from benchmarks.load import LoadResult, calls_needed, run_load, server_capacity
 from benchmarks.mlflow_server import MlflowServer
 
 RESULTS_TARGET = 200.0
@@ -39,14 +43,16 @@ BEFORE = {"senders": 1, "coalesce": False, "write_behind": False}
 
 def measure(
     trials: int, duration_s: float, before_s: float, small: int = 0
-) -> tuple[LoadResult, LoadResult, LoadResult | None]:
-    """(now, before, now at ``small`` trials) at ``trials`` concurrent logical trials: ``duration_s`` for
-    now, ``before_s`` before (``small`` = 0: no third run)."""
+) -> tuple[LoadResult, LoadResult, LoadResult | None, float]:
+    """(now, before, now at ``small`` trials, the server's calls/s) at ``trials`` concurrent logical trials:
+    ``duration_s`` for now, ``before_s`` before (``small`` = 0: no third run); the server's capacity
+    (:func:`~benchmarks.load.server_capacity`) first, on the same server."""
     with tempfile.TemporaryDirectory(prefix="mcel-load-") as tmp:
         root = Path(tmp)
         server = MlflowServer(root)
         server.start()
         try:
+            capacity = server_capacity(server.uri)
             out = []
             runs = [("now", NOW, duration_s, trials), ("before", BEFORE, before_s, trials)]
             if small:
@@ -66,10 +72,12 @@ def measure(
                 )
         finally:
             server.stop()
-    return out[0], out[1], (out[2] if small else None)
+    return out[0], out[1], (out[2] if small else None), capacity
 
 
-def rows(now: LoadResult, before: LoadResult, small: LoadResult | None = None) -> list[Row]:
+def rows(
+    now: LoadResult, before: LoadResult, small: LoadResult | None = None, capacity: float | None = None
+) -> list[Row]:
     """The suite rows of one measurement."""
     n = now.concurrent
     common = (
@@ -155,6 +163,34 @@ def rows(now: LoadResult, before: LoadResult, small: LoadResult | None = None) -
             before=1000 * before.driver_cpu_s / max(1, before.results),
         ),
         *extra,
+        *([] if capacity is None else _capacity_rows(now, capacity)),
+    ]
+
+
+def _capacity_rows(now: LoadResult, capacity: float) -> list[Row]:
+    """What the lag target asks of the tracking server, beside what this machine's server answers."""
+    needed = calls_needed(now, LAG_P99_TARGET_S)
+    return [
+        Row(
+            "load",
+            "load.server_capacity",
+            "MLflow calls/s the server answers alone (log_batch of 9 metrics, 2 client threads, 10 s)",
+            "-",
+            capacity,
+            unit="calls/s",
+            detail="same server, before the load runs, after 5 s of the same calls; the ceiling of the load's writes",
+        ),
+        Row(
+            "load",
+            "load.calls_needed",
+            f"MLflow calls/s a lag of {LAG_P99_TARGET_S:g} s needs at {now.concurrent:,} trials",
+            "-",
+            needed,
+            unit="calls/s",
+            detail=f"{now.concurrent:,} trials / {LAG_P99_TARGET_S:g} s + 3 calls per trial started "
+            f"({now.trials_started:,} in {now.wall_s:.0f} s: create, params, end); "
+            f"{needed / capacity:.1f}x what this server answers alone",
+        ),
     ]
 
 
@@ -171,11 +207,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before-duration", type=float, default=60.0, help="seconds of load, before")
     p.add_argument("--small", type=int, default=0, help="also run now at this many trials (0: no)")
     args = p.parse_args(argv)
-    now, before, small = measure(args.trials, args.duration, args.before_duration, args.small)
+    now, before, small, capacity = measure(args.trials, args.duration, args.before_duration, args.small)
     for label, r in (("now", now), ("before", before), ("small", small)):
         if r is not None:
             print(label, json.dumps(dataclasses.asdict(r)))
-    for row in rows(now, before, small):
+    for row in rows(now, before, small, capacity):
         print(f"{row.what}: {row.ratio:.3g} {row.unit} (before {row.before}) {row.passed}")
     return 0
 

@@ -23,6 +23,7 @@ import os
 import random
 import resource
 import sqlite3
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -248,3 +249,65 @@ def run_load(
             "log_batches": logger.metric_batches,
         },
     )
+
+
+#: Calls per trial's life besides its results: ``create_run``, the params' ``log_batch`` and ``set_terminated``
+#: (the ending's tags and metrics ride with its last results).
+LIFECYCLE_CALLS = 3
+
+
+def server_capacity(
+    tracking_uri: str,
+    *,
+    seconds: float = 10.0,
+    warmup_s: float = 5.0,
+    threads: int = 2,
+    metrics: int = 9,
+    runs: int = 100,
+    name: str = "capacity",
+) -> float:
+    """``log_batch`` calls per second the tracking server at ``tracking_uri`` answers with nothing else
+    running: ``threads`` client threads (the logger's default senders), each call ``metrics`` values (one
+    result of the load's trials: 8 metrics and ``epoch``) into one of ``runs`` runs in turn, for
+    ``seconds`` after ``warmup_s`` of the same calls (a fresh server answered its first seconds 20-40%
+    slower). The ceiling of a load's MLflow writes: with ``n`` concurrent trials, each run is written at
+    best once per ``n / calls_per_s`` seconds, so a lag of at most ``T`` needs ``n / T`` calls/s plus
+    :data:`LIFECYCLE_CALLS` per trial started."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = get_or_create_experiment(client, name)
+    run_ids = [client.create_run(experiment_id).info.run_id for _ in range(runs)]
+    step = iter(range(10**12))  # every call at its own step (next() on a shared iterator: one at a time)
+
+    def calls(span_s: float) -> float:
+        counts = [0] * threads
+        end = time.monotonic() + span_s
+
+        def send(k: int) -> None:
+            i = k
+            while time.monotonic() < end:
+                ts, at = int(time.time() * 1000), next(step)
+                client.log_batch(run_ids[i % runs], [Metric(f"m{j}", 0.5, ts, at) for j in range(metrics)])
+                counts[k] += 1
+                i += threads
+
+        start = time.monotonic()
+        workers = [threading.Thread(target=send, args=(k,), name=f"capacity-{k}") for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        return sum(counts) / (time.monotonic() - start)
+
+    if warmup_s > 0:
+        calls(warmup_s)
+    return calls(seconds)
+
+
+def calls_needed(result: LoadResult, lag_s: float) -> float:
+    """MLflow calls per second that a lag of at most ``lag_s`` needs for ``result``'s load (see
+    :func:`server_capacity`): each running trial written once per ``lag_s``, plus the trial starts'
+    :data:`LIFECYCLE_CALLS` calls each."""
+    return result.concurrent / lag_s + LIFECYCLE_CALLS * result.trials_started / result.wall_s

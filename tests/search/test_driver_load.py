@@ -61,3 +61,38 @@ def test_64_trials_lose_no_metric_and_every_count_agrees(mlflow_server, tmp_path
     assert endings["COMPLETE"] == r.completed
     assert endings["PRUNED"] >= r.pruned  # pruned by the pruner, plus those stopped at the end
     assert sum(endings.values()) <= r.trials_started and "RUNNING" not in endings
+
+
+def test_calls_needed_is_the_hand_worked_sum() -> None:
+    from benchmarks.load import LIFECYCLE_CALLS, LoadResult, calls_needed
+
+    fields = dict.fromkeys(LoadResult.__dataclass_fields__, 0)
+    r = LoadResult(
+        **{**fields, "config": "", "extra": {}, "concurrent": 1000, "trials_started": 1748, "wall_s": 60.0}
+    )
+    # 1,000 runs each written once per 5 s, and 1,748 trials started in 60 s with 3 calls each
+    assert LIFECYCLE_CALLS == 3
+    assert calls_needed(r, 5.0) == pytest.approx(200.0 + 3 * 1748 / 60)
+
+
+def test_server_capacity_counts_the_calls_the_server_stored(mlflow_server) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks.load import server_capacity
+
+    rate = server_capacity(mlflow_server.uri, seconds=1.5, warmup_s=0.0, runs=4, name="capacity-test")
+    client = MlflowClient(mlflow_server.uri)
+    experiment = client.get_experiment_by_name("capacity-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 4
+    # every call 9 metrics at a step of its own, into the 4 runs in turn
+    histories = [client.get_metric_history(run.info.run_id, "m0") for run in runs]
+    stored = sum(len(h) for h in histories)
+    assert stored >= 4 and all(len(h) > 0 for h in histories)
+    assert sorted(m.step for h in histories for m in h) == list(range(stored))
+    assert all(
+        len(client.get_metric_history(run.info.run_id, "m8")) == len(h)
+        for run, h in zip(runs, histories, strict=True)
+    )
+    # the rate is the stored calls over the timed span: 1.5 s, plus at most the calls still in flight then
+    assert 1.5 * 0.95 <= stored / rate <= 1.5 + 2.0
