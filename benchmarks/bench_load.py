@@ -14,7 +14,7 @@ Rows: results per second the driver loop sustained (target >= 200), MLflow lag p
 read back from the server's database) and the driver's CPU seconds per 1,000 results. Each is one run
 (minutes), not a median. Beside them, what the lag target asks of the tracking server: the ``log_batch``
 calls/s this server answers with nothing else running (:func:`~benchmarks.load.server_capacity`, 10 s
-before the load) and the calls/s a 5 s lag needs at this load (:func:`~benchmarks.load.calls_needed`: every
+after 5 s of warm-up, before the load) and the calls/s a 5 s lag needs at this load (:func:`~benchmarks.load.calls_needed`: every
 running trial's run written once per 5 s, MLflow's REST API taking one run per call, plus three calls per
 trial started). ``python -m benchmarks.bench_load --trials 1000 --duration 120`` prints them.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import Row
-from benchmarks.load import LoadResult, calls_needed, run_load, server_capacity
+from benchmarks.load import LIFECYCLE_CALLS, LoadResult, calls_needed, run_load, server_capacity
 from benchmarks.mlflow_server import MlflowServer
 
 RESULTS_TARGET = 200.0
@@ -187,7 +187,7 @@ def _capacity_rows(now: LoadResult, capacity: float) -> list[Row]:
             "-",
             needed,
             unit="calls/s",
-            detail=f"{now.concurrent:,} trials / {LAG_P99_TARGET_S:g} s + 3 calls per trial started "
+            detail=f"{now.concurrent:,} trials / {LAG_P99_TARGET_S:g} s + {LIFECYCLE_CALLS} calls per trial started "
             f"({now.trials_started:,} in {now.wall_s:.0f} s: create, params, end); "
             f"{needed / capacity:.1f}x what this server answers alone",
         ),
