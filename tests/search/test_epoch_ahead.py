@@ -1,5 +1,6 @@
 """search/epoch_ahead.py: the next epoch in a thread, its stats or its exception handed back, cancelled
-before a step, with the creator's torch thread count, and the idle time it reports by hand-worked cases."""
+before a step, with the creator's torch thread count, the idle time it reports by hand-worked cases, and
+one long-lived thread for the epochs of a process (a second thread only while that one is busy)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from mcel_search.core.data import load_dataset
 from mcel_search.core.losses import create_loss
 from mcel_search.core.models import create_model
 from mcel_search.core.training import TrainConfig, Trainer, TrainingCancelledError, seed_everything
-from mcel_search.search.epoch_ahead import EpochAhead
+from mcel_search.search.epoch_ahead import THREAD_NAME, EpochAhead, running_epochs
 
 
 def make_trainer(batch_size: int = 32) -> Trainer:
@@ -99,3 +100,58 @@ def test_idle_time_by_hand() -> None:
     assert done is not None
     assert ahead.idle_until(done + 2.5) == pytest.approx(2.5)
     assert ahead.idle_until(done - 1.0) == 0.0
+
+
+def test_consecutive_epochs_run_on_one_long_lived_thread() -> None:
+    """Three epochs ahead one after the other: the same thread (the process's epoch thread, alive and
+    idle between them), not the caller's; the weights are those of three plain epochs."""
+    idents: list[int] = []
+    trainer, plain = make_trainer(), make_trainer()
+    for _ in range(3):
+        EpochAhead(trainer, lambda k: idents.append(threading.get_ident())).result()
+        plain.train_epoch()
+    assert len(idents) == 3 and len(set(idents)) == 1 and idents[0] != threading.get_ident()
+    [thread] = [t for t in threading.enumerate() if t.ident == idents[0]]
+    assert thread.name == THREAD_NAME and thread.daemon and thread.is_alive()
+    assert running_epochs() == 0
+    assert trainer.epoch == plain.epoch == 3
+    assert all(torch.equal(a, b) for a, b in zip(weights(trainer), weights(plain), strict=True))
+
+
+def test_a_second_epoch_while_the_thread_is_busy_gets_its_own_thread() -> None:
+    """Two trainers' epochs ahead at once (two trials in one process): the second does not wait for the
+    first (it runs while the first is held), runs on another thread, and both hand back their epoch."""
+    hold = threading.Event()
+    first_thread: list[int] = []
+    second_thread: list[int] = []
+
+    def held(k: int) -> None:
+        first_thread.append(threading.get_ident())
+        hold.wait(30)
+
+    a, b = make_trainer(), make_trainer()
+    first = EpochAhead(a, held)
+    second = EpochAhead(b, lambda k: second_thread.append(threading.get_ident()))
+    second_stats = second.result()  # returns while the first is still held
+    assert first.alive() and running_epochs() == 1
+    hold.set()
+    first_stats = first.result()
+    assert running_epochs() == 0
+    assert first_thread != second_thread and len(first_thread) == len(second_thread) == 1
+    assert first_stats.epoch == second_stats.epoch == 1
+    assert first_stats.train_loss == second_stats.train_loss  # same seed, same data: the same epoch
+
+
+def test_the_long_lived_thread_takes_each_epochs_creator_thread_count() -> None:
+    """The reused thread does not keep the previous epoch's torch thread count: each epoch trains with
+    the count its creator had when it was started."""
+    saved = torch.get_num_threads()
+    inside: list[int] = []
+    trainer = make_trainer()
+    try:
+        for wanted in (2, 1, 2):
+            torch.set_num_threads(wanted)
+            EpochAhead(trainer, lambda k: inside.append(torch.get_num_threads())).result()
+    finally:
+        torch.set_num_threads(saved)
+    assert inside == [2, 1, 2]

@@ -493,13 +493,13 @@ def test_the_next_epoch_trains_while_a_report_is_in_flight_with_the_same_results
 
 def test_a_trial_stopped_in_its_report_cancels_the_epoch_ahead(tmp_path) -> None:
     """Ray Tune stops a trial by raising ``SystemExit`` in ``tune.report``: the epoch training ahead is
-    cancelled before its next step and joined before the exception leaves ``mcel_trial``, so no
-    training thread outlives the trial (a reused actor's next trial would share the CPU with it)."""
-    import threading
+    cancelled before its next step and waited for before the exception leaves ``mcel_trial``, so no
+    epoch outlives the trial (a reused actor's next trial would share the CPU with it)."""
+    from mcel_search.search.epoch_ahead import running_epochs
 
     log: list[str] = []
     context = context_of({"train": {**SPEC["train"], "epochs": 3}})
     with pytest.raises(SystemExit):
         _held_trial(tmp_path, context, 30, log, stop=True)
     assert log == ["1 done", "2 cancelled"]
-    assert not [t for t in threading.enumerate() if t.name == "mcel-epoch-ahead"]
+    assert running_epochs() == 0
