@@ -40,6 +40,7 @@ import traceback
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.pareto import OBJECTIVES
@@ -217,6 +218,61 @@ def experiment_dir(storage_path: str, name: str) -> str:
     )
 
 
+LEGACY_TRAINABLE_NAME = "mcel_trial"  # every study's trainable was so named until 2026-12-03
+
+
+def trainable_name(study: str) -> str:
+    """The name of ``study``'s trainable in Ray Tune: ``mcel_trial-<study>``.
+
+    Tune keeps trainables in one process-wide registry, keyed by name, and looks a trial's trainable up
+    by that name when it starts the trial's actor. Every study's trainable carries its own context (bits,
+    architecture, data) through ``tune.with_parameters``; under one shared name the studies that run at
+    once (``studies_at_once``) would overwrite each other's entry, and a trial could start with another
+    study's context. A name per study keeps them apart. Searches begun before this name was introduced
+    resume under :data:`LEGACY_TRAINABLE_NAME` (Tune requires the name a run began with), one study at a
+    time (:func:`saved_trainable_name`)."""
+    return f"{LEGACY_TRAINABLE_NAME}-{study}"
+
+
+def saved_trainable_name(path: str) -> str | None:
+    """The trainable name the Tune run at ``path`` was begun with (``tuner.pkl``'s ``__trainable_name``),
+    or None when there is no such file or no name in it. Read from the pickle's opcodes
+    (:mod:`pickletools`): nothing in the file is unpickled or run."""
+    import pickletools
+
+    try:
+        if "://" in path:
+            import pyarrow.fs
+
+            fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+            with fs.open_input_file(f"{fs_path.rstrip('/')}/tuner.pkl") as f:
+                data = f.readall()
+        else:
+            data = Path(path, "tuner.pkl").read_bytes()
+    except (OSError, ValueError):
+        return None
+    strings = (
+        arg for op, arg, _ in pickletools.genops(data) if isinstance(arg, str) and "UNICODE" in op.name
+    )
+    try:
+        for value in strings:
+            if value == "__trainable_name":
+                return next(strings, None)
+    except Exception:  # a truncated or foreign file: Tune's own restore reports it
+        return None
+    return None
+
+
+def _legacy_names(storage_path: str, studies: list[str]) -> bool:
+    """Whether a Tune run of these studies (or of their separate baselines) was begun under
+    :data:`LEGACY_TRAINABLE_NAME`."""
+    return any(
+        saved_trainable_name(experiment_dir(storage_path, name)) == LEGACY_TRAINABLE_NAME
+        for study in studies
+        for name in (study, f"{study}-baseline")
+    )
+
+
 def _tuner(
     *,
     name: str,
@@ -231,6 +287,7 @@ def _tuner(
 ) -> Any:
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
+    from ray.tune.experiment import Experiment
 
     from . import state_seal
 
@@ -239,6 +296,9 @@ def _tuner(
     if exists and resume:
         logger.info("resuming %s", path)
         state_seal.verify(path)  # right before unpickling: nothing someone else put there runs
+        saved = saved_trainable_name(path)
+        if saved is not None and saved != Experiment.get_trainable_name(trainable):
+            trainable.__name__ = saved  # the study's own object: Tune restores a run under its first name
         return tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=False
         )
@@ -351,6 +411,10 @@ def run_search(
         client.set_tag(parent, OPTUNA_STORAGE_TAG, redact_credentials(optuna_url))
         jobs.append((arch, bits, study, tags, parent))
     at_once = studies_at_once(spec, _cluster_resources())
+    if at_once > 1 and resume and _legacy_names(storage_path, [j[2] for j in jobs]):
+        # begun before the per-study names: they resume under one shared name, so one study at a time
+        logger.info("studies begun under one trainable name resume one at a time")
+        at_once = 1
     # snapshot every second while that is cheap (a killed driver loses little), self-limiting above
     _set_snapshot_period((spec.trials_per_arch + 1) * at_once)
     if at_once > 1:
@@ -362,6 +426,7 @@ def run_search(
         context = _context(spec, arch, bits)
         baseline_grid = None
         trainable = tune.with_resources(tune.with_parameters(mcel_trial, context=context), resources)
+        trainable.__name__ = trainable_name(study)  # its own entry in Tune's registry (trainable_name)
         fixed_params = {
             k: v
             for k, v in flat.items()

@@ -12,7 +12,16 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from mcel_search.search.runner import _run_studies, run_search, studies_at_once
+from mcel_search.core.checkpoint import load_checkpoint
+from mcel_search.search.runner import (
+    LEGACY_TRAINABLE_NAME,
+    _legacy_names,
+    _run_studies,
+    run_search,
+    saved_trainable_name,
+    studies_at_once,
+    trainable_name,
+)
 from mcel_search.search.spec import parse_spec
 
 
@@ -102,3 +111,56 @@ def test_two_studies_of_one_spec_run_at_once(tmp_path, mlflow_server, local_ray,
         first_asked = min(t.datetime_start.timestamp() for t in study.trials) * 1000
         spans[s.bits] = (first_asked, max(i.end_time for i in infos))
     assert spans[2][0] < spans[4][1] and spans[4][0] < spans[2][1], spans
+    # every trial trained with its own study's context: Tune looks trainables up by name in one registry
+    # per process, and under one shared name a trial could start with the other study's (bits 2 in the
+    # 4-bit study's checkpoints, seen before each study's trainable had a name of its own)
+    names = set()
+    for s in outcome.studies:
+        run_dir = tmp_path / "ray" / s.study
+        names.add(saved_trainable_name(str(run_dir)))
+        checkpoints = sorted(run_dir.glob("trial_*/checkpoint_*/model.pt"))
+        assert {p.parts[-3] for p in checkpoints} == {p.name for p in run_dir.glob("trial_*")}
+        for path in checkpoints:
+            meta = load_checkpoint(path)[1]
+            assert (meta["model"]["bits"], meta["metrics"]["study"]) == (s.bits, s.study), path
+    assert names == {trainable_name(s.study) for s in outcome.studies} and len(names) == 2
+
+
+def test_saved_trainable_name_reads_the_pickle_without_running_it(tmp_path) -> None:
+    """The name a Tune run began with, from ``tuner.pkl``'s opcodes; None without the file, without the
+    key or for bytes that are no pickle; a pickle that would run code on loading is only read."""
+    import pickle
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert saved_trainable_name(str(run)) is None  # no tuner.pkl
+    (run / "tuner.pkl").write_bytes(pickle.dumps({"a": "b", "__trainable_name": "mcel_trial-x", "c": 1}))
+    assert saved_trainable_name(str(run)) == "mcel_trial-x"
+    (run / "tuner.pkl").write_bytes(pickle.dumps({"a": "__trainable", "c": "mcel_trial"}))
+    assert saved_trainable_name(str(run)) is None
+    (run / "tuner.pkl").write_bytes(b"not a pickle at all")
+    assert saved_trainable_name(str(run)) is None
+
+    class Boom:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "ran"), "w"))
+
+    (run / "tuner.pkl").write_bytes(pickle.dumps({"__trainable_name": "n", "x": Boom()}))
+    assert saved_trainable_name(str(run)) == "n" and not (tmp_path / "ran").exists()
+
+
+def test_runs_begun_under_the_shared_name_are_found(tmp_path) -> None:
+    """``_legacy_names``: True when a study's Tune run, or its separate baseline's, began under the name
+    every study shared before the per-study names; False for runs begun under their own names."""
+    import pickle
+
+    def run(name: str, trainable: str) -> None:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "tuner.pkl").write_bytes(pickle.dumps({"__trainable_name": trainable}))
+
+    run("s-a", trainable_name("s-a"))
+    run("s-b", trainable_name("s-b"))
+    assert not _legacy_names(str(tmp_path), ["s-a", "s-b", "s-c"])
+    run("s-c-baseline", LEGACY_TRAINABLE_NAME)
+    assert _legacy_names(str(tmp_path), ["s-a", "s-c"]) and not _legacy_names(str(tmp_path), ["s-a"])
+    assert trainable_name("s-a") != trainable_name("s-b")
