@@ -164,3 +164,50 @@ def test_runs_begun_under_the_shared_name_are_found(tmp_path) -> None:
     run("s-c-baseline", LEGACY_TRAINABLE_NAME)
     assert _legacy_names(str(tmp_path), ["s-a", "s-c"]) and not _legacy_names(str(tmp_path), ["s-a"])
     assert trainable_name("s-a") != trainable_name("s-b")
+
+
+@pytest.mark.slow
+def test_a_search_begun_under_the_shared_name_resumes_one_study_at_a_time(
+    tmp_path, mlflow_server, local_ray, small_spec, monkeypatch
+) -> None:
+    """A two-study search whose Tune runs began under the name every study shared before the per-study
+    names (made here by patching ``trainable_name``, one study at a time as such a search ran safely):
+    resumed by the current code, each run is restored under its saved name (Tune refuses another), the
+    studies run one at a time although auto would run both at once, and nothing is run or logged again."""
+    from mcel_search.search import runner
+
+    data = small_spec("old", bits=[2, 4], trials_per_arch=1, concurrency=1)
+    data["train"]["epochs"] = 1
+    spec = parse_spec(data)
+    with monkeypatch.context() as m:
+        m.setattr(runner, "trainable_name", lambda study: LEGACY_TRAINABLE_NAME)
+        m.setattr(runner, "studies_at_once", lambda spec, cluster: 1)
+        first = run_search(spec)
+    run_dirs = [tmp_path / "ray" / s.study for s in first.studies]
+    assert [saved_trainable_name(str(d)) for d in run_dirs] == [LEGACY_TRAINABLE_NAME] * 2
+    assert runner.studies_at_once(spec, runner._cluster_resources()) == 2  # what a new search would run
+
+    at_once: list[int] = []
+    real = runner._run_studies
+
+    def recording(run_study, jobs, n):
+        at_once.append(n)
+        return real(run_study, jobs, n)
+
+    monkeypatch.setattr(runner, "_run_studies", recording)
+    again = run_search(spec, resume=True)
+    assert at_once == [1]
+    assert [saved_trainable_name(str(d)) for d in run_dirs] == [LEGACY_TRAINABLE_NAME] * 2
+    client = MlflowClient(mlflow_server.uri)
+    for before, after in zip(first.studies, again.studies, strict=True):
+        assert after.study == before.study and all(r.error is None for r in after.grid)
+        assert sorted(r["run_id"] for r in after.trials) == sorted(r["run_id"] for r in before.trials)
+        assert (
+            len(
+                client.search_runs(
+                    [client.get_experiment_by_name("old").experiment_id],
+                    f"tags.mlflow.parentRunId = '{before.parent_run_id}'",
+                )
+            )
+            == 1
+        )
