@@ -65,6 +65,37 @@ CURVE_FILE = "ber_curve.csv"
 SUMMARY_FILE = "summary.json"
 
 
+class ForeignContextError(RuntimeError):
+    """A trial started with another study's context: it would train and log that study's model (its
+    architecture, bits, data) as a trial of its own study."""
+
+
+def check_own_study(experiment: str | None, study: str) -> None:
+    """Raise :class:`ForeignContextError` unless ``experiment``, the Tune run the trial belongs to, is
+    ``study`` (the context's) or that study's separate baseline run ``<study>-baseline``; None (outside
+    Ray Tune) passes.
+
+    Why: Ray Tune keeps trainables in one process-wide registry keyed by name and looks a trial's up by
+    that name; studies run at once (``studies_at_once``) each bind their own context to their trainable.
+    Each has a name of its own (``runner.trainable_name``); this check is what holds if two ever share one
+    again (before 2026-12-03 they did, and a 4-bit study's checkpoint held a 2-bit model): the trial errors
+    with both names instead of training a foreign model, and the search goes on without it."""
+    if experiment is None or experiment in (study, f"{study}-baseline"):
+        return
+    raise ForeignContextError(
+        f"trial of the Tune run {experiment!r} started with the context of study {study!r}: "
+        "Ray Tune's trainable registry handed it another study's trainable; the trial is not run"
+    )
+
+
+def _experiment_name() -> str | None:
+    """The Tune run this trial belongs to (its experiment's name), None outside Ray Tune."""
+    try:
+        return tune.get_context().get_experiment_name()
+    except Exception:
+        return None
+
+
 @dataclass(frozen=True)
 class TrialContext:
     """What every trial of one study shares: the validated spec's sections, handed to each trial unchanged
@@ -176,6 +207,7 @@ def quiet_sigterm_exit() -> None:
 def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     """Ray Tune function trainable; ``context`` is bound with ``tune.with_parameters``."""
     quiet_sigterm_exit()
+    check_own_study(_experiment_name(), context.study)
     logging.getLogger("ray").setLevel(logging.WARNING)  # no "Checkpoint successfully created" per epoch
     torch.set_num_threads(max(1, int(context.cpus)))
     _require_gpu(context.gpus, context.train.device)

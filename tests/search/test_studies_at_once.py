@@ -211,3 +211,19 @@ def test_a_search_begun_under_the_shared_name_resumes_one_study_at_a_time(
             )
             == 1
         )
+
+
+def test_a_real_tune_trial_sees_its_own_run_name(tmp_path, local_ray) -> None:
+    """The name ``mcel_trial`` checks its context against (``trainable._experiment_name``) is, inside a
+    real Ray Tune trial, the Tune run's name (the study's): were it None there, ``check_own_study`` would
+    pass every trial unchecked."""
+    from ray import tune
+
+    from mcel_search.search import trainable
+
+    def probe(config: dict) -> None:
+        tune.report({"seen": trainable._experiment_name()})
+
+    run = tune.RunConfig(name="s-small_cnn-4b", storage_path=str(tmp_path), verbose=0)
+    grid = tune.Tuner(probe, run_config=run).fit()
+    assert grid[0].error is None and grid[0].metrics["seen"] == "s-small_cnn-4b"

@@ -29,7 +29,9 @@ from mcel_search.search.trainable import (
     MODEL_FILE,
     SUMMARY_FILE,
     TRAINER_FILE,
+    ForeignContextError,
     TrialContext,
+    check_own_study,
     mcel_trial,
     trial_spec,
 )
@@ -123,6 +125,31 @@ def test_device_auto_and_explicit(monkeypatch, no_cuda) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     assert trial_spec(MCEL, context_of()).train.device == "cuda"
+
+
+def test_a_trial_of_its_own_study_or_its_baseline_run_passes_another_study_errors() -> None:
+    """``check_own_study``: the Tune run a trial belongs to must be its context's study or that study's
+    separate baseline run; outside Tune (None) it passes; a foreign study, a longer name that only starts
+    with the study's, or another study's baseline raise and name both."""
+    study = "s-small_cnn-4b"
+    for ok in (study, f"{study}-baseline", None):
+        check_own_study(ok, study)
+    for foreign in ("s-small_cnn-2b", f"{study}x", "s-small_cnn-2b-baseline", "s-small_cnn-4"):
+        with pytest.raises(ForeignContextError, match=f"{foreign!r}.*{study!r}"):
+            check_own_study(foreign, study)
+
+
+def test_a_trial_given_another_studys_context_trains_nothing(monkeypatch, tmp_path) -> None:
+    """``mcel_trial`` in a Tune run of another study (what a shared trainable name in Tune's registry
+    did): it raises before any epoch, reports and writes nothing."""
+    fake = FakeTune(tmp_path)
+    monkeypatch.setattr(trainable, "tune", fake)
+    monkeypatch.setattr(trainable, "_experiment_name", lambda: "t-small_cnn-2b")
+    trained: list[int] = []
+    monkeypatch.setattr(trainable.Trainer, "train_epoch", lambda self: trained.append(1))
+    with pytest.raises(ForeignContextError, match="t-small_cnn-2b.*t-small_cnn-4b"):
+        mcel_trial(MCEL, context_of())
+    assert fake.reports == [] and trained == [] and not list(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------------ mcel_trial
