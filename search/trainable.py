@@ -237,7 +237,10 @@ def mcel_trial(config: dict[str, Any], context: TrialContext) -> None:
     passes = 0  # flipped passes of this attempt's objective measurements (reported as ber_passes)
     backfilled = False  # whether this attempt's first report carried the earlier epochs (backfill)
     ahead: EpochAhead | None = None  # the next epoch, training while the last report was in flight
-    while replay_final or trainer.epoch < epochs:
+    # An epoch ahead is always taken, even where trainer.epoch already says the training is over: the last
+    # epoch, trained ahead, can end before the report before it returns (a slow driver), and it still has
+    # to be evaluated and reported as the final result.
+    while replay_final or ahead is not None or trainer.epoch < epochs:
         try:
             if replay_final:
                 stats = trainer.history[-1]

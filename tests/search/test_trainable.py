@@ -518,6 +518,50 @@ def test_the_next_epoch_trains_while_a_report_is_in_flight_with_the_same_results
     assert all(torch.equal(model_on[k], model_off[k]) for k in model_on)
 
 
+class _SlowReport(FakeTune):
+    """A ``tune.report`` whose epoch-1 report returns only once epoch 2, training ahead, has ended (``log``
+    says "2 done"): a driver slower to answer than the last epoch takes to train."""
+
+    def __init__(self, out: Path, log: list[str]) -> None:
+        super().__init__(out)
+        self.log = log
+        self.waited_for_epoch_2: list[bool] = []
+
+    def report(self, metrics: dict[str, Any], *, checkpoint: Checkpoint | None = None) -> None:
+        import time
+
+        super().report(metrics, checkpoint=checkpoint)
+        if metrics["epoch"] == 1:
+            deadline = time.monotonic() + 30
+            while "2 done" not in self.log and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.waited_for_epoch_2.append("2 done" in self.log)
+
+
+def test_a_last_epoch_that_ends_before_the_report_returns_is_still_reported_final(
+    monkeypatch, tmp_path
+) -> None:
+    """2 epochs; epoch 1's report returns after epoch 2 (trained ahead) has ended, so the trainer already
+    counts 2 epochs when the trial looks again: the trial still takes that epoch's stats and reports it as
+    its final result (curve, summary, model), not end after epoch 1 as if stopped (seen in a real search:
+    such a trial was told PRUNED and left the Pareto front)."""
+    log: list[str] = []
+    fake = _SlowReport(tmp_path, log)
+    _watch_epoch_2(monkeypatch, log)
+    monkeypatch.setattr(trainable, "tune", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("MCEL_FAULT_INJECT", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        mcel_trial(MCEL, context_of())
+    finally:
+        torch.set_num_threads(threads)
+    assert fake.waited_for_epoch_2 == [True] and log == ["1 done", "2 done"]
+    assert [r.metrics["epoch"] for r in fake.reports] == [1, 2]
+    assert [r.metrics.get("final", False) for r in fake.reports] == [False, True]
+    assert {CURVE_FILE, SUMMARY_FILE, MODEL_FILE} <= set(fake.reports[-1].files)
+
+
 def test_a_trial_stopped_in_its_report_cancels_the_epoch_ahead(tmp_path) -> None:
     """Ray Tune stops a trial by raising ``SystemExit`` in ``tune.report``: the epoch training ahead is
     cancelled before its next step and waited for before the exception leaves ``mcel_trial``, so no
