@@ -193,6 +193,10 @@ def _search_vs_in_process(
             runner._context = saved
     t_search = time.perf_counter() - t0
     study = outcome.studies[0]
+    states = sorted(str(t["state"]) for t in study.trials)
+    if states != ["completed"] * trials:
+        # a trial that ended early did less than its in-process twin: the ratio would flatter the search
+        raise RuntimeError(f"the search's {trials} trials did not all complete: {states}")
     configs = [_trial_config(t["params"]) for t in study.trials]
     specs = [trial_spec(c, context) for c in configs]
     waits = [float(t["metrics"].get("search_wait_s", float("nan"))) for t in study.trials]
