@@ -140,12 +140,23 @@ class Machine:
     load_end: float | None = None
 
 
-def _fmt(value: float | None, unit: str) -> str:
+def _fmt(value: float | None, unit: str, digits: int = 3) -> str:
     if value is None:
         return "-"
     if unit == "x":
-        return f"{value:.3g}x" if value < 100 else f"{value:.0f}x"
-    return f"{value:.3g} {unit}"
+        return f"{value:.{digits}g}x" if value < 100 else f"{value:.0f}x"
+    return f"{value:.{digits}g} {unit}"
+
+
+def _figure(row: Row) -> str:
+    """The row's figure to 3 significant digits, or as many more (up to 6) as it takes to tell it from the
+    target it is judged against: 1.1038x against ``<= 1.1x`` shows as 1.104x, not as a FAIL of 1.1x."""
+    value, target = row.ratio, None if row.target is None else row.target[1]
+    digits = 3
+    if value is not None and target is not None and value != target:
+        while digits < 6 and float(f"{value:.{digits}g}") == float(f"{target:.{digits}g}"):
+            digits += 1
+    return _fmt(value, row.unit, digits)
 
 
 def _target(row: Row) -> str:
@@ -206,7 +217,7 @@ def render(
         cells = [r.bench, r.what, r.baseline]
         if has_before:
             cells.append(_fmt(r.before, r.unit))
-        cells += [_fmt(r.ratio, r.unit), _target(r), _verdict(r)]
+        cells += [_figure(r), _target(r), _verdict(r)]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     lines.append("")
     judged = [r for r in rows if r.passed is not None]

@@ -44,3 +44,20 @@ def test_unknown_benchmark_name_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown benchmark" in proc.stderr and "flips" in proc.stderr
     assert not (tmp_path / "R.md").exists()
+
+
+def test_a_figure_shows_the_digits_that_tell_it_from_its_target() -> None:
+    """``_figure``: 3 significant digits, more (up to 6) only where 3 would show the target itself for a
+    figure that is not it: 1.1038 against <= 1.1 reads 1.104x (FAIL), not 1.1x."""
+    from benchmarks.common import Row, _figure
+
+    def row(ratio: float | None, target: float | None, unit: str = "x") -> Row:
+        return Row("b", "k", "w", "-", ratio, None if target is None else ("<=", target), unit=unit)
+
+    assert _figure(row(1.1037591505385678, 1.1)) == "1.104x"
+    assert _figure(row(1.0996, 1.1)) == "1.0996x"  # 1.10 and 1.100 both read as the target
+    assert _figure(row(1.1, 1.1)) == "1.1x"  # the target itself: nothing to tell apart
+    assert _figure(row(1.17, 1.1)) == "1.17x" and _figure(row(0.16341, 0.5)) == "0.163x"
+    assert _figure(row(1.1037, None)) == "1.1x"  # no target: 3 digits
+    assert _figure(row(5.0000001, 5.0, "s")) == "5 s"  # the same to 6 digits: 6 is the limit
+    assert _figure(row(None, 1.1)) == "-"
