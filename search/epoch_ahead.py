@@ -14,6 +14,9 @@ What the overlap may touch, and why the results are bit for bit those of a trial
   reads those; the thread only trains (model, optimizer, scheduler, ``Trainer.history``).
 * Nothing else runs in the trial meanwhile: evaluation of epoch ``k + 1`` starts after :meth:`result`,
   so the torch generators and the model are used by one thread at a time, in the sequential order.
+* The trainer's state reads as the epoch ahead leaves it as soon as that epoch ends, which can be before
+  the report returns: the caller decides what comes next from whether an epoch ahead is pending, never
+  from ``trainer.epoch`` alone (the last epoch, trained ahead, must still be taken and reported final).
 * The thread trains with the torch thread count and, on a GPU, the current CUDA device of the thread
   that created the :class:`EpochAhead`, set again for every epoch (both are per-thread settings: the
   process's epoch thread, long-lived, would otherwise keep a previous epoch's, and a new thread takes the
