@@ -33,7 +33,6 @@ thread, where it would have been raised without the overlap.
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
@@ -71,18 +70,16 @@ class _EpochThread:
 
 
 _LOCK = threading.Lock()
-_SHARED: _EpochThread | None = None
-_SHARED_PID: int | None = None  # the process that started it (a forked child starts its own)
+_SHARED: _EpochThread | None = None  # a forked child finds its thread not alive and starts its own
 _RUNNING = 0  # epochs ahead started and not yet ended, in this process (guarded by _LOCK)
 
 
 def _claim() -> _EpochThread | None:
     """The process's epoch thread, marked busy; None when another epoch holds it."""
-    global _SHARED, _SHARED_PID
+    global _SHARED
     with _LOCK:
-        pid = os.getpid()
-        if _SHARED is None or pid != _SHARED_PID or not _SHARED.thread.is_alive():
-            _SHARED, _SHARED_PID = _EpochThread(), pid
+        if _SHARED is None or not _SHARED.thread.is_alive():
+            _SHARED = _EpochThread()
         if _SHARED.busy:
             return None
         _SHARED.busy = True
