@@ -218,7 +218,7 @@ def experiment_dir(storage_path: str, name: str) -> str:
     )
 
 
-LEGACY_TRAINABLE_NAME = "mcel_trial"  # every study's trainable was so named until 2026-12-03
+LEGACY_TRAINABLE_NAME = "mcel_trial"  # every study's trainable was so named until f260926 (2026-12-04)
 
 
 def trainable_name(study: str) -> str:

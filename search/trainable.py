@@ -78,7 +78,7 @@ def check_own_study(experiment: str | None, study: str) -> None:
     Why: Ray Tune keeps trainables in one process-wide registry keyed by name and looks a trial's up by
     that name; studies run at once (``studies_at_once``) each bind their own context to their trainable.
     Each has a name of its own (``runner.trainable_name``); this check is what holds if two ever share one
-    again (before 2026-12-03 they did, and a 4-bit study's checkpoint held a 2-bit model): the trial errors
+    again (until f260926 of 2026-12-04 they did; a 4-bit study's checkpoint held a 2-bit model): the trial errors
     with both names instead of training a foreign model, and the search goes on without it."""
     if experiment is None or experiment in (study, f"{study}-baseline"):
         return
