@@ -39,7 +39,7 @@ import pandas as pd
 from ..analysis.queries import checkpoint_uri, selections
 from ..analysis.selection import GROUP_COLS, Selection
 from ..core.errors import BadInputError, NoResultError
-from .spec import SearchSpec, parse_spec, spec_to_dict
+from .spec import SearchSpec, baseline_run_name, parse_spec, spec_to_dict
 
 
 @dataclass
@@ -158,7 +158,7 @@ def run_search(
         result.optuna_studies[s.study] = s.optuna_storage
         result.result_grids[s.study] = s.grid
         if s.baseline_grid is not None:
-            result.result_grids[f"{s.study}-baseline"] = s.baseline_grid
+            result.result_grids[baseline_run_name(s.study)] = s.baseline_grid
     return result
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..analysis.stores import check_mlflow_server, check_reachable, local_store_path
 from ..core.errors import BadInputError
 from ..core.redact import redact_credentials
-from .spec import SearchSpec
+from .spec import SearchSpec, tune_run_names
 
 
 class SearchStateError(BadInputError):
@@ -263,7 +263,7 @@ def preflight(
 
         for arch, bits in spec.studies():
             study = spec.study_name(arch, bits)
-            for name in (study, f"{study}-baseline"):
+            for name in tune_run_names(study):
                 if tune.Tuner.can_restore(str(Path(storage_path) / name)):
                     raise SearchStateError(
                         f"storage.path: {storage_path!r} — a search named {name!r} already exists there; "

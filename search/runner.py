@@ -57,7 +57,7 @@ from .preflight import (
     preflight,
     resolve_storage_path,
 )
-from .spec import SearchSpec, flatten, spec_to_dict
+from .spec import SearchSpec, baseline_run_name, flatten, spec_to_dict, tune_run_names
 
 if TYPE_CHECKING:
     from .trainable import TrialContext
@@ -269,7 +269,7 @@ def _legacy_names(storage_path: str, studies: list[str]) -> bool:
     return any(
         saved_trainable_name(experiment_dir(storage_path, name)) == LEGACY_TRAINABLE_NAME
         for study in studies
-        for name in (study, f"{study}-baseline")
+        for name in tune_run_names(study)
     )
 
 
@@ -438,7 +438,7 @@ def run_search(
         # that run is continued as it was, before the study.
         separate = spec.baseline.enabled and (
             not baseline_alongside
-            or tune.Tuner.can_restore(experiment_dir(storage_path, f"{study}-baseline"))
+            or tune.Tuner.can_restore(experiment_dir(storage_path, baseline_run_name(study)))
         )
         alongside = spec.baseline.enabled and not separate
         if separate:
@@ -447,12 +447,12 @@ def run_search(
             )
             guard = StorageFaultGuard()
             tuner = _tuner(
-                name=f"{study}-baseline",
+                name=baseline_run_name(study),
                 storage_path=storage_path,
                 trainable=trainable,
                 resume=resume,
                 tune_config=TuneConfig(num_samples=1, trial_dirname_creator=trial_dirname),
-                callbacks=[logger_cb, guard, *_progress(progress, spec, f"{study}-baseline", 1, live)],
+                callbacks=[logger_cb, guard, *_progress(progress, spec, baseline_run_name(study), 1, live)],
                 max_failures=spec.failure.max_retries,
                 param_space=baseline_config,
                 verbose=verbose,
@@ -461,8 +461,8 @@ def run_search(
                 tuner,
                 guard,
                 logger_cb,
-                f"{study}-baseline",
-                experiment_dir(storage_path, f"{study}-baseline"),
+                baseline_run_name(study),
+                experiment_dir(storage_path, baseline_run_name(study)),
             )
         # no trial repeats another's parameters in a discrete space (search.distinct_sampler)
         sampler = distinct(create_sampler(spec.sampler), spec.losses, spec.space, spec.sampler.seed)
@@ -718,7 +718,7 @@ def _verify_stored_state(spec: SearchSpec, storage_path: str) -> None:
 
     for arch, bits in spec.studies():
         study = spec.study_name(arch, bits)
-        for name in (f"{study}-baseline", study):
+        for name in reversed(tune_run_names(study)):
             path = experiment_dir(storage_path, name)
             if tune.Tuner.can_restore(path):
                 state_seal.verify(path)

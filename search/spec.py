@@ -307,6 +307,17 @@ class FailureSpec:
     checkpoint_every: int = 1  # a checkpoint every k epochs and at the last, 1..MAX_EPOCHS (search.trainable)
 
 
+def baseline_run_name(study: str) -> str:
+    """``<study>-baseline``: the Tune run of its own in which a study's CEL baseline ran before the study
+    (searches begun before 2026-12-02, or ``baseline_alongside=False``); now it is a trial of the study's run."""
+    return f"{study}-baseline"
+
+
+def tune_run_names(study: str) -> tuple[str, str]:
+    """The Tune runs that can hold ``study``'s trials: its own, then its separate baseline run."""
+    return study, baseline_run_name(study)
+
+
 @dataclass(frozen=True)
 class SearchSpec:
     """A validated search: one Optuna study per (architecture, bits), each with ``trials_per_arch`` trials."""

@@ -54,7 +54,7 @@ from ..core.training import TrainConfig, Trainer, TrainingDivergedError
 from . import faults
 from .epoch_ahead import EpochAhead
 from .searcher import NUMBER_KEY
-from .spec import DataSpec, ObjectiveSpec, SweepSpec
+from .spec import DataSpec, ObjectiveSpec, SweepSpec, tune_run_names
 from .trial_state import MODEL_FILE, TRAINER_FILE, read_trainer_state, write_trainer_state
 from .trial_state import REPORTED_KEY as REPORTED_KEY  # re-exported: where callers have found it
 
@@ -80,7 +80,7 @@ def check_own_study(experiment: str | None, study: str) -> None:
     Each has a name of its own (``runner.trainable_name``); this check is what holds if two ever share one
     again (until f260926 of 2026-12-04 they did; a 4-bit study's checkpoint held a 2-bit model): the trial errors
     with both names instead of training a foreign model, and the search goes on without it."""
-    if experiment is None or experiment in (study, f"{study}-baseline"):
+    if experiment is None or experiment in tune_run_names(study):
         return
     raise ForeignContextError(
         f"trial of the Tune run {experiment!r} started with the context of study {study!r}: "
